@@ -1,0 +1,1 @@
+"""The edge's HTTP face: ingest, query API and the LAN dashboard (grows in issue 4)."""

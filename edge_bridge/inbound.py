@@ -1,0 +1,98 @@
+"""From one broker message to one store work item: routing, decoding, mapping.
+
+Shared by the paho subscriber (external broker) and the embedded broker's commit gate, so a
+message is judged the same whichever way it arrives.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+from edgekite.config import EdgeConfig, TopicMapping
+from edgekite.ingest import Decoded, Rejection, decode_message, parse_json, rows_from_objects
+from edgekite.store import WriteItem, message_fingerprint
+from edgekite.topics import matches, source_id_from_topic
+from edge_bridge.mapping import MappingError, map_message
+
+# Per-item bookkeeping on top of the payload, so the queue's byte bound is honest.
+ITEM_OVERHEAD_BYTES = 512
+
+
+class InboundRouter:
+    """Knows which topics carry envelopes and which are mapped, and decodes accordingly."""
+
+    def __init__(self, config: EdgeConfig) -> None:
+        self._cfg = config
+        self._envelope_filters = list(config.mqtt.topics)
+        self._mappings = list(config.mappings)
+
+    @property
+    def filters(self) -> list[str]:
+        return self._envelope_filters + [m.filter for m in self._mappings]
+
+    def decode(self, topic: str, payload: bytes, received_at: int) -> Decoded:
+        limits = self._cfg.limits
+        for f in self._envelope_filters:
+            if matches(f, topic):
+                sid = source_id_from_topic(f, topic)
+                if sid is None:
+                    return Decoded(
+                        [], [Rejection("bad_topic", f"topic {topic[:200]!r} names no valid source id", None, payload)],
+                        False,
+                    )
+                return decode_message(
+                    payload,
+                    topic_source_id=sid,
+                    received_at=received_at,
+                    limits=limits,
+                    require_source_match=self._cfg.mqtt.source_id_must_match_topic,
+                )
+        for m in self._mappings:
+            if matches(m.filter, topic):
+                return self._decode_mapped(m, topic, payload, received_at)
+        return Decoded([], [Rejection("bad_topic", f"no route for topic {topic[:200]!r}", None, payload)], False)
+
+    def _decode_mapped(self, m: TopicMapping, topic: str, payload: bytes, received_at: int) -> Decoded:
+        parsed: Any = parse_json(payload, self._cfg.limits)
+        if isinstance(parsed, Rejection):
+            if parsed.code != "invalid_json":
+                return Decoded([], [parsed], False)
+            try:  # plain-text sensor values ("21.5") are common on mapped topics
+                parsed = payload.decode("utf-8").strip()
+            except UnicodeDecodeError:
+                return Decoded([], [parsed], False)
+        try:
+            envelope = map_message(m, topic, parsed)
+        except MappingError as exc:
+            return Decoded([], [Rejection("mapping_failed", f"{m.filter}: {exc}", None, payload)], False)
+        decoded = rows_from_objects(
+            [envelope],
+            topic_source_id=None,
+            received_at=received_at,
+            limits=self._cfg.limits,
+            require_source_match=False,
+            indexed=False,
+        )
+        if decoded.rejections:
+            r = decoded.rejections[0]
+            return Decoded([], [r._replace(raw=payload)], False)
+        return decoded
+
+    def build_item(self, topic: str, payload: bytes, redelivery: bool, received_at: int) -> WriteItem:
+        decoded = self.decode(topic, payload, received_at)
+        return WriteItem(
+            decoded=decoded,
+            transport="mqtt",
+            topic=topic,
+            redelivery=redelivery,
+            fingerprint=message_fingerprint(topic, payload) if decoded.ids_generated else None,
+            size=len(payload) + ITEM_OVERHEAD_BYTES,
+        )
+
+
+def rejection_summary(decoded: Decoded) -> str:
+    return "; ".join(f"{r.code}: {r.detail}" for r in decoded.rejections[:3])
+
+
+__all__ = ["InboundRouter", "rejection_summary"]

@@ -1,0 +1,222 @@
+"""One typed configuration tree for every EdgeKite service.
+
+Loaded from a TOML file, then overridden by ``EDGEKITE_*`` environment variables
+(``EDGEKITE_MQTT__URL=mqtt://broker:1883`` sets ``mqtt.url``; ``__`` separates levels),
+then by command-line flags. The resulting object is passed down explicitly; nothing reads
+configuration from globals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ENV_PREFIX = "EDGEKITE_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class EdgeSection(_Section):
+    edge_id: str = Field("edge-1", description="This edge's name in the fleet; used in hub topics.")
+    data_dir: Path = Field(Path("./data"), description="Where edge.db and its WAL live.")
+
+
+class MqttSection(_Section):
+    url: str = Field(
+        "",
+        description="Broker the bridge subscribes to, mqtt://host:port or mqtts://host:port. "
+        "Empty: start the embedded amqtt broker in-process.",
+    )
+    embedded_host: str = Field("0.0.0.0", description="Interface the embedded broker listens on.")
+    embedded_port: int = Field(1883, ge=0, le=65535, description="Port of the embedded broker (0: any).")
+    embedded_password_file: Path | None = Field(
+        None, description="amqtt password file; when set, anonymous devices are refused."
+    )
+    client_id: str = Field(
+        "", description="Bridge client id; stable so the broker keeps its session. Default: edgekite-<edge_id>."
+    )
+    username: str | None = None
+    password: str | None = None
+    protocol: Literal["auto", "5", "3.1.1"] = Field(
+        "auto", description="MQTT version; auto = 5 for an external broker (Receive Maximum), 3.1.1 embedded."
+    )
+    ca_file: Path | None = Field(None, description="CA bundle for mqtts://; system CAs when unset.")
+    session_expiry_secs: int = Field(
+        7 * 86400, ge=0, description="How long the broker keeps the bridge's queue while it is away."
+    )
+    receive_maximum: int = Field(
+        2000, ge=1, le=65535, description="Unacknowledged QoS 1 messages the broker may have in flight to us."
+    )
+    keepalive_secs: int = Field(30, ge=5, le=3600)
+    topics: list[str] = Field(
+        default_factory=lambda: ["ek/v1/+/events"], description="Envelope topics; the 3rd level is the source id."
+    )
+    source_id_must_match_topic: bool = Field(
+        True,
+        description="Refuse an envelope whose source.id differs from the topic's, so a device "
+        "authorised for ek/v1/X/ cannot speak for Y.",
+    )
+
+
+class TopicMapping(_Section):
+    """Maps a foreign topic (an existing camera system, a sensor gateway) to envelopes."""
+
+    filter: str = Field(description="MQTT topic filter, e.g. frigate/events.")
+    source_type: Literal["browser", "edge_device", "server", "mobile"] = "edge_device"
+    source_id: str = Field(
+        "{topic[0]}",
+        description="Template: {topic[i]} is a topic level, {field.path} a payload field.",
+    )
+    category: Literal["web", "iot", "app", "ops", "security"] = "iot"
+    type: str = Field("{topic[-1]}", description="Template for event.type, e.g. '{after.label}_detected'.")
+    severity: Literal["debug", "info", "warn", "error", "critical"] = "info"
+    event_id: str | None = Field(
+        None,
+        description="Template of the producer's own id for this event (e.g. '{after.id}:{type}'); "
+        "hashed to a stable event_id so the producer's retries deduplicate.",
+    )
+    observed_at_field: str | None = Field(None, description="Payload field with the observation time.")
+    observed_at_unit: Literal["ms", "s"] = Field("ms", description="Unit of a numeric observed_at_field.")
+
+
+class HttpSection(_Section):
+    host: str = "0.0.0.0"
+    port: int = Field(8080, ge=0, le=65535)
+
+
+class LimitsSection(_Section):
+    max_message_bytes: int = Field(256 * 1024, ge=1024, description="Largest MQTT message or HTTP body.")
+    max_events_per_message: int = Field(1000, ge=1)
+    max_depth: int = Field(16, ge=2, le=200, description="Deepest JSON nesting accepted inside an envelope.")
+    max_string_chars: int = Field(8192, ge=64, description="Longest string anywhere in an envelope.")
+    max_keys: int = Field(256, ge=8, description="Most keys in any one JSON object.")
+    max_future_skew_secs: int = Field(300, ge=0, description="observed_at later than now+this is flagged.")
+    max_past_age_days: int = Field(365, ge=1, description="observed_at older than this is flagged.")
+    dead_letter_max_bytes: int = Field(4096, ge=0, description="How much of a rejected payload is kept.")
+
+
+class RetentionSection(_Section):
+    short_days: float = Field(7, gt=0)
+    standard_days: float = Field(30, gt=0)
+    long_days: float = Field(365, gt=0)
+    dead_letter_days: float = Field(14, gt=0)
+    max_db_bytes: int = Field(
+        8 * 1024**3, ge=1024**2, description="Size cap of live data; the oldest events go first."
+    )
+    interval_secs: float = Field(30, gt=0, description="How often retention runs (in small chunks).")
+    chunk_rows: int = Field(5000, ge=100, description="Rows deleted per transaction, so ingest never stalls.")
+
+    def days_for(self, retention_class: str) -> float:
+        return float(getattr(self, f"{retention_class}_days"))
+
+
+class StoreSection(_Section):
+    batch_max_events: int = Field(2000, ge=1, description="Most events in one transaction.")
+    batch_max_wait_ms: float = Field(
+        5, ge=0, description="How long the writer waits to fill a batch once it has something."
+    )
+    queue_max_messages: int = Field(20_000, ge=10)
+    queue_max_bytes: int = Field(64 * 1024**2, ge=1024**2, description="Memory bound of the ingest queue.")
+    synchronous: Literal["NORMAL", "FULL"] = Field(
+        "FULL", description="FULL survives power loss for committed data; NORMAL only process crashes."
+    )
+    wal_max_bytes: int = Field(64 * 1024**2, ge=1024**2, description="WAL is checkpointed back under this.")
+    cache_mb: int = Field(16, ge=1)
+    fingerprint_hours: float = Field(
+        24, gt=0, description="How long redelivery fingerprints of id-less messages are kept."
+    )
+
+
+class LogSection(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
+class EdgeConfig(_Section):
+    edge: EdgeSection = Field(default_factory=EdgeSection)
+    mqtt: MqttSection = Field(default_factory=MqttSection)
+    http: HttpSection = Field(default_factory=HttpSection)
+    limits: LimitsSection = Field(default_factory=LimitsSection)
+    retention: RetentionSection = Field(default_factory=RetentionSection)
+    store: StoreSection = Field(default_factory=StoreSection)
+    log: LogSection = Field(default_factory=LogSection)
+    mappings: list[TopicMapping] = Field(default_factory=list)
+
+    @field_validator("mappings")
+    @classmethod
+    def _no_overlap_with_envelope_topics(cls, v: list[TopicMapping]) -> list[TopicMapping]:
+        filters = [m.filter for m in v]
+        if len(set(filters)) != len(filters):
+            raise ValueError("two mappings share a topic filter")
+        return v
+
+    @model_validator(mode="after")
+    def _client_id_default(self) -> EdgeConfig:
+        if not self.mqtt.client_id:
+            self.mqtt.client_id = f"edgekite-{self.edge.edge_id}"
+        return self
+
+    @property
+    def db_path(self) -> Path:
+        return self.edge.data_dir / "edge.db"
+
+
+def env_overrides(environ: Mapping[str, str], prefix: str = ENV_PREFIX) -> dict[str, Any]:
+    """Turn ``EDGEKITE_A__B=v`` variables into a nested dict ``{"a": {"b": v}}``.
+
+    Values that parse as JSON (numbers, booleans, lists) are taken as such, so
+    ``EDGEKITE_STORE__BATCH_MAX_EVENTS=500`` is an int; anything else stays a string.
+    """
+    out: dict[str, Any] = {}
+    for key, raw in environ.items():
+        if not key.startswith(prefix) or key.startswith(prefix + "TEST_"):
+            continue
+        path = [p.lower() for p in key[len(prefix) :].split("__") if p]
+        if not path:
+            continue
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"{key} conflicts with another EDGEKITE_ variable")
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        node[path[-1]] = value
+    return out
+
+
+def deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in top.items():
+        if isinstance(v, Mapping) and isinstance(merged.get(k), dict):
+            merged[k] = deep_merge(merged[k], v)
+        else:
+            merged[k] = v
+    return merged
+
+
+def load_edge_config(
+    path: Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> EdgeConfig:
+    """Build the edge config: TOML file, then environment, then explicit overrides (CLI flags)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    data = deep_merge(data, env_overrides(os.environ if environ is None else environ))
+    if overrides:
+        data = deep_merge(data, overrides)
+    return EdgeConfig.model_validate(data)

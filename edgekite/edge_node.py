@@ -1,0 +1,129 @@
+"""The edge as one process: store, broker (embedded or external), bridge and HTTP.
+
+This is the composition root, the one place that knows every edge service; the services
+themselves only know ``edgekite``. Start order is store, ingest, HTTP; stop order is ingest
+(stop reading), store (commit what is queued, send the acks), HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from types import TracebackType
+
+from aiohttp import web
+
+from edgekite.config import EdgeConfig
+from edgekite.metrics import EdgeMetrics
+from edgekite.store import EdgeStore
+
+log = logging.getLogger(__name__)
+
+
+class EdgeNode:
+    """``async with EdgeNode(config) as node: await node.run()``."""
+
+    def __init__(self, config: EdgeConfig) -> None:
+        self.config = config
+        self.metrics = EdgeMetrics()
+        self.store = EdgeStore(config, self.metrics)
+        self._broker: object | None = None
+        self._subscriber: object | None = None
+        self._runner: web.AppRunner | None = None
+        self._stop = asyncio.Event()
+        self.mqtt_url = ""
+        self.http_url = ""
+        self.started_at = time.time()
+
+    async def __aenter__(self) -> EdgeNode:
+        from edge_bridge.inbound import InboundRouter
+
+        await asyncio.get_running_loop().run_in_executor(None, self.store.open)
+        router = InboundRouter(self.config)
+        try:
+            if self.config.mqtt.url:
+                self.mqtt_url = self.config.mqtt.url
+                self._start_subscriber(router)
+            else:
+                # In-process broker: messages enter through its commit gate, no second hop.
+                await self._start_embedded_broker(router)
+            await self._start_http()
+        except BaseException:
+            await self._shutdown()
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._shutdown()
+
+    async def _start_embedded_broker(self, router: object) -> None:
+        from broker.embedded import EmbeddedBroker
+        from edge_bridge.gate import make_ingest_hook
+
+        mc = self.config.mqtt
+        broker = EmbeddedBroker(
+            mc.embedded_host,
+            mc.embedded_port,
+            ingest_filters=router.filters,  # type: ignore[attr-defined]
+            ingest=make_ingest_hook(self.store, router, self.metrics),  # type: ignore[arg-type]
+            max_message_bytes=self.config.limits.max_message_bytes,
+            password_file=mc.embedded_password_file,
+        )
+        await broker.__aenter__()
+        self._broker = broker
+        self.mqtt_url = broker.url
+        log.info("embedded MQTT broker on %s; PUBACK is sent only after the SQLite commit", self.mqtt_url)
+
+    def _start_subscriber(self, router: object) -> None:
+        from edge_bridge.subscriber import MqttSubscriber
+
+        sub = MqttSubscriber(self.config, self.store, self.metrics, router, url=self.mqtt_url)  # type: ignore[arg-type]
+        sub.start()
+        self._subscriber = sub
+
+    def _mqtt_connected(self) -> bool:
+        if self._subscriber is not None:
+            return bool(self._subscriber.connected)  # type: ignore[attr-defined]
+        return self._broker is not None
+
+    async def _start_http(self) -> None:
+        from edge_api.app import EdgeContext, create_app
+
+        ctx = EdgeContext(self.config, self.store, self.metrics, self._mqtt_connected, self.started_at)
+        self._runner = web.AppRunner(create_app(ctx), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port)
+        await site.start()
+        port = self._runner.addresses[0][1] if self._runner.addresses else self.config.http.port
+        host = "127.0.0.1" if self.config.http.host in ("0.0.0.0", "::") else self.config.http.host
+        self.http_url = f"http://{host}:{port}"
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self.request_stop)
+            except (NotImplementedError, RuntimeError):
+                pass
+        await self._stop.wait()
+        log.info("stopping: draining the ingest queue")
+
+    async def _shutdown(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._subscriber is not None:
+            await loop.run_in_executor(None, self._subscriber.stop)  # type: ignore[attr-defined]
+            self._subscriber = None
+        if self._broker is not None:
+            broker, self._broker = self._broker, None
+            await broker.__aexit__(None, None, None)  # type: ignore[attr-defined]
+        await loop.run_in_executor(None, self.store.close)
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

@@ -1,0 +1,144 @@
+"""The edge's SQLite schema, its migrations and connection settings.
+
+Layout choices (measured, see bench/README.md): the ``events`` table is an ordinary rowid
+table, so rows are appended in arrival order however random the producers' UUIDs are; the
+``event_id`` primary key is a separate narrow index of 16-byte blobs. Only the indexes the
+dashboard's filters need exist; counts come from ``hourly_counts``, never from raw rows.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from edgekite.config import StoreSection
+
+# Each entry moves the schema from version i to i+1 (PRAGMA user_version). Append only.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE events (
+        event_id         BLOB PRIMARY KEY,           -- 16-byte UUID
+        observed_at      INTEGER NOT NULL,           -- Unix ms, producer's clock
+        received_at      INTEGER NOT NULL,           -- Unix ms, edge's clock
+        source_type      TEXT NOT NULL,
+        source_id        TEXT NOT NULL,
+        source_seq       INTEGER,                    -- monotonic per source
+        category         TEXT NOT NULL,
+        type             TEXT NOT NULL,
+        severity         TEXT NOT NULL DEFAULT 'info',
+        correlation_id   TEXT,
+        payload_json     TEXT NOT NULL,              -- event.data
+        attachments_json TEXT,
+        pii              INTEGER NOT NULL DEFAULT 0,
+        retention_class  TEXT NOT NULL DEFAULT 'standard',
+        meta_json        TEXT,                       -- the rest of the envelope, when present
+        flags            INTEGER NOT NULL DEFAULT 0, -- 1 clock ahead, 2 clock far behind
+        synced           INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX idx_events_observed ON events(observed_at);
+    CREATE INDEX idx_events_source_observed ON events(source_id, observed_at);
+    CREATE INDEX idx_events_type_observed ON events(type, observed_at);
+
+    CREATE TABLE hourly_counts (
+        hour_bucket INTEGER NOT NULL,                -- observed_at // 3_600_000
+        source_id   TEXT NOT NULL,
+        category    TEXT NOT NULL,
+        type        TEXT NOT NULL,
+        count       INTEGER NOT NULL,
+        PRIMARY KEY (hour_bucket, source_id, category, type)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE sources (
+        source_id   TEXT PRIMARY KEY,
+        source_type TEXT NOT NULL,
+        first_seen  INTEGER NOT NULL,                -- received_at, ms
+        last_seen   INTEGER NOT NULL,
+        last_seq    INTEGER NOT NULL DEFAULT 0,
+        events      INTEGER NOT NULL DEFAULT 0,
+        last_heartbeat INTEGER
+    ) WITHOUT ROWID;
+
+    CREATE TABLE config (
+        key        TEXT PRIMARY KEY,
+        value      TEXT NOT NULL,
+        updated_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE dead_letter (
+        id            INTEGER PRIMARY KEY,
+        received_at   INTEGER NOT NULL,
+        transport     TEXT NOT NULL,
+        topic         TEXT,
+        code          TEXT NOT NULL,
+        reason        TEXT NOT NULL,
+        payload       BLOB,                          -- cut to limits.dead_letter_max_bytes
+        payload_bytes INTEGER NOT NULL               -- size before the cut
+    );
+    CREATE INDEX idx_dead_letter_received ON dead_letter(received_at);
+
+    -- Redelivery fingerprints of messages holding id-less envelopes: an MQTT redelivery
+    -- (DUP=1) after a crash between commit and PUBACK must not mint fresh ids twice.
+    CREATE TABLE fingerprints (
+        fp          BLOB PRIMARY KEY,
+        received_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    """,
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SchemaTooNewError(RuntimeError):
+    """The database was written by a newer EdgeKite; refuse rather than corrupt it."""
+
+
+def connect(path: Path, store: StoreSection, *, readonly: bool = False) -> sqlite3.Connection:
+    """Open edge.db with the settings every connection needs."""
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout = 10000")
+    conn.execute(f"PRAGMA cache_size = -{store.cache_mb * 1024}")
+    if not readonly:
+        # auto_vacuum only takes effect on a brand-new file, before the first table.
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {store.synchronous}")
+        conn.execute(f"PRAGMA journal_size_limit = {store.wal_max_bytes}")
+        conn.execute("PRAGMA temp_store = MEMORY")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply the missing migrations, each in its own transaction. Returns the new version."""
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version > SCHEMA_VERSION:
+        raise SchemaTooNewError(
+            f"edge.db has schema version {version}, this EdgeKite knows up to {SCHEMA_VERSION}"
+        )
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _statements(MIGRATIONS[target - 1]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {target}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return SCHEMA_VERSION
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration script into statements (executescript would commit on its own)."""
+    out, buf = [], ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            out.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        out.append(buf.strip())
+    return out

@@ -1,0 +1,408 @@
+"""The edge store's single writer: one thread, one connection, batched transactions.
+
+Every transport hands decoded messages to :meth:`EdgeStore.submit` with a completion
+callback; the writer commits many messages in one transaction (events, rollups, source
+state, dead letters together) and only then runs the callbacks, which is where the MQTT
+PUBACK or the HTTP response is sent. Nothing is acknowledged before it is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgekite.config import EdgeConfig
+from edgekite.ingest import FLAG_SKEW_FUTURE, FLAG_SKEW_PAST, Decoded, EventRow, Rejection
+from edgekite.metrics import EdgeMetrics
+from edgekite.store import maintenance
+from edgekite.store.queue import BoundedQueue, QueueClosedError
+from edgekite.store.schema import connect, migrate
+
+log = logging.getLogger(__name__)
+
+_INSERT_EVENT = (
+    "INSERT OR IGNORE INTO events (event_id, observed_at, received_at, source_type, source_id, source_seq, "
+    "category, type, severity, correlation_id, payload_json, attachments_json, pii, retention_class, "
+    "meta_json, flags) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+_UPSERT_HOURLY = (
+    "INSERT INTO hourly_counts (hour_bucket, source_id, category, type, count) VALUES (?,?,?,?,?) "
+    "ON CONFLICT DO UPDATE SET count = count + excluded.count"
+)
+_UPSERT_SOURCE = (
+    "INSERT INTO sources (source_id, source_type, first_seen, last_seen, last_seq, events, last_heartbeat) "
+    "VALUES (?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET "
+    "source_type = excluded.source_type, last_seen = max(last_seen, excluded.last_seen), "
+    "last_seq = max(last_seq, excluded.last_seq), events = events + excluded.events, "
+    "last_heartbeat = CASE WHEN excluded.last_heartbeat IS NULL THEN last_heartbeat "
+    "WHEN last_heartbeat IS NULL THEN excluded.last_heartbeat "
+    "ELSE max(last_heartbeat, excluded.last_heartbeat) END"
+)
+_INSERT_DEAD = (
+    "INSERT INTO dead_letter (received_at, transport, topic, code, reason, payload, payload_bytes) "
+    "VALUES (?,?,?,?,?,?,?)"
+)
+
+
+@dataclass(slots=True)
+class IngestResult:
+    """What became of one submitted message."""
+
+    committed: bool
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class WriteItem:
+    """One message on its way to SQLite."""
+
+    decoded: Decoded
+    transport: str
+    topic: str | None = None
+    redelivery: bool = False  # MQTT DUP flag: this message may already be committed
+    fingerprint: bytes | None = None
+    done: Callable[[IngestResult], None] | None = None
+    size: int = 0
+
+
+def message_fingerprint(topic: str | None, payload: bytes) -> bytes:
+    """Identifies a redelivered copy of a message whose envelopes carried no event_id."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update((topic or "").encode())
+    h.update(b"\x00")
+    h.update(payload)
+    return h.digest()
+
+
+def _weight(item: WriteItem) -> int:
+    return max(1, len(item.decoded.events))
+
+
+class EdgeStore:
+    """Owns edge.db's only write connection. Use as a context manager or open()/close()."""
+
+    def __init__(self, config: EdgeConfig, metrics: EdgeMetrics, *, clock: Callable[[], float] = time.time) -> None:
+        self._cfg = config
+        self._metrics = metrics
+        self._clock = clock
+        self._queue: BoundedQueue[WriteItem] = BoundedQueue(
+            config.store.queue_max_messages, config.store.queue_max_bytes
+        )
+        self._conn: sqlite3.Connection | None = None
+        self._thread: threading.Thread | None = None
+        self._last_seq: dict[str, int] = {}
+        self._retention = maintenance.RetentionState()
+        self._stopping = threading.Event()
+        self.last_commit_ms: int | None = None
+        self.last_error: str | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def open(self) -> EdgeStore:
+        conn = connect(self._cfg.db_path, self._cfg.store)
+        migrate(conn)
+        self._last_seq = dict(conn.execute("SELECT source_id, last_seq FROM sources").fetchall())
+        self._conn = conn
+        self._thread = threading.Thread(target=self._run, name="edgekite-writer", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Stop taking work, commit everything queued, then close the connection."""
+        self._queue.close()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.error("writer did not drain within %.0f s; uncommitted messages stay unacknowledged", timeout)
+                self._stopping.set()
+                self._thread.join(5)
+        if self._conn is not None and (self._thread is None or not self._thread.is_alive()):
+            try:
+                maintenance.checkpoint(self._conn, truncate=True)
+            except sqlite3.Error as exc:
+                log.warning("final checkpoint failed: %s", exc)
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> EdgeStore:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- submitting ------------------------------------------------------------------------
+    def now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    def submit(self, item: WriteItem, timeout: float | None = None) -> bool:
+        """Queue a message for the writer; blocks while the queue is full (backpressure).
+
+        Returns False on timeout; raises QueueClosedError when the store is shutting down.
+        """
+        ok = self._queue.put(item, item.size or 1, timeout)
+        self._metrics.queue_depth.set(len(self._queue))
+        return ok
+
+    async def ingest(self, item: WriteItem) -> IngestResult:
+        """Submit from asyncio and wait for the commit, without blocking the event loop."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[IngestResult] = loop.create_future()
+
+        def done(result: IngestResult) -> None:
+            loop.call_soon_threadsafe(_set_if_pending, fut, result)
+
+        item.done = done
+        if not self.submit(item, timeout=0):
+            await loop.run_in_executor(None, self.submit, item)
+        return await fut
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    # -- the writer thread -----------------------------------------------------------------
+    def _run(self) -> None:
+        assert self._conn is not None
+        conn = self._conn
+        store_cfg = self._cfg.store
+        interval = self._cfg.retention.interval_secs
+        next_maintenance = time.monotonic() + min(interval, 2.0)
+        maintenance_more = False
+        next_wal_check = 0.0
+        while True:
+            batch = self._queue.get_batch(
+                store_cfg.batch_max_events, _weight, first_wait=0.25, fill_wait=store_cfg.batch_max_wait_ms / 1000
+            )
+            if batch:
+                self._commit_with_retry(conn, batch)
+            elif self._queue.closed:
+                return
+            now = time.monotonic()
+            if now >= next_wal_check:
+                next_wal_check = now + 0.5
+                self._control_wal(conn)
+            if maintenance_more or now >= next_maintenance:
+                if not maintenance_more:
+                    next_maintenance = now + interval
+                try:
+                    maintenance_more = self._maintenance_step(conn)
+                except sqlite3.Error as exc:
+                    log.warning("retention step failed, will retry: %s", exc)
+                    maintenance_more = False
+
+    def _commit_with_retry(self, conn: sqlite3.Connection, batch: list[WriteItem]) -> None:
+        delay = 0.05
+        while True:
+            try:
+                results = self._commit(conn, batch)
+                break
+            except sqlite3.Error as exc:
+                self._metrics.commit_errors.inc()
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.error("commit of %d messages failed (%s); retrying in %.2f s", len(batch), exc, delay)
+                if self._stopping.is_set():
+                    results = [IngestResult(committed=False) for _ in batch]
+                    break
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        for item, result in zip(batch, results, strict=True):
+            if item.done is not None:
+                try:
+                    item.done(result)
+                except Exception:
+                    log.exception("completion callback failed (transport %s)", item.transport)
+        self._metrics.queue_depth.set(len(self._queue))
+        self._metrics.queue_bytes.set(self._queue.nbytes)
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[WriteItem]) -> list[IngestResult]:
+        t0 = time.perf_counter()
+        now_ms = self.now_ms()
+        results = [IngestResult(committed=True, rejected=list(item.decoded.rejections)) for item in batch]
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Redelivered id-less messages already committed are duplicates as a whole.
+            seen_fps: set[bytes] = set()
+            fps = [item.fingerprint for item in batch if item.fingerprint is not None and item.redelivery]
+            if fps:
+                marks = ",".join("?" * len(fps))
+                seen_fps = {
+                    r[0] for r in conn.execute(f"SELECT fp FROM fingerprints WHERE fp IN ({marks})", fps)
+                }
+            candidates: list[tuple[int, EventRow]] = []
+            for i, item in enumerate(batch):
+                if item.fingerprint is not None and item.fingerprint in seen_fps:
+                    results[i].duplicates += len(item.decoded.events)
+                    continue
+                candidates.extend((i, row) for row in item.decoded.events)
+
+            new_rows, seq_updates = self._insert_events(conn, candidates, results)
+            self._update_rollups(conn, new_rows)
+            self._write_dead_letters(conn, batch, now_ms)
+            fp_rows = [
+                (item.fingerprint, now_ms)
+                for item in batch
+                if item.fingerprint is not None and item.fingerprint not in seen_fps
+            ]
+            if fp_rows:
+                conn.executemany("INSERT OR IGNORE INTO fingerprints (fp, received_at) VALUES (?,?)", fp_rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        self._last_seq.update(seq_updates)
+        self.last_commit_ms = now_ms
+        self._record_metrics(batch, results, new_rows, time.perf_counter() - t0)
+        return results
+
+    def _insert_events(
+        self, conn: sqlite3.Connection, candidates: list[tuple[int, EventRow]], results: list[IngestResult]
+    ) -> tuple[list[EventRow], dict[str, int]]:
+        """Insert candidates, skipping ids already stored. Fast path: no duplicates at all."""
+        if not candidates:
+            return [], {}
+        rows, seq_updates = self._assign_seqs([row for _, row in candidates])
+        before = conn.total_changes
+        conn.execute("SAVEPOINT events_insert")
+        conn.executemany(_INSERT_EVENT, rows)
+        if conn.total_changes - before == len(rows):
+            conn.execute("RELEASE events_insert")
+            for i, _ in candidates:
+                results[i].accepted += 1
+            return rows, seq_updates
+        # Some ids were replays (or repeated within the batch): redo knowing which.
+        conn.execute("ROLLBACK TO events_insert")
+        conn.execute("RELEASE events_insert")
+        ids = [row.event_id for _, row in candidates]
+        existing: set[bytes] = set()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            existing.update(r[0] for r in conn.execute(f"SELECT event_id FROM events WHERE event_id IN ({marks})", chunk))
+        fresh: list[tuple[int, EventRow]] = []
+        for i, row in candidates:
+            if row.event_id in existing:
+                results[i].duplicates += 1
+            else:
+                existing.add(row.event_id)
+                fresh.append((i, row))
+                results[i].accepted += 1
+        rows, seq_updates = self._assign_seqs([row for _, row in fresh])
+        conn.executemany(_INSERT_EVENT, rows)
+        return rows, seq_updates
+
+    def _assign_seqs(self, rows: list[EventRow]) -> tuple[list[EventRow], dict[str, int]]:
+        """Fill in source_seq where the producer sent none; track each source's high mark."""
+        last = self._last_seq
+        updates: dict[str, int] = {}
+        out: list[EventRow] = []
+        for row in rows:
+            sid = row.source_id
+            current = updates.get(sid, last.get(sid, 0))
+            if row.source_seq is None:
+                current += 1
+                row = row._replace(source_seq=current)
+            elif row.source_seq > current:
+                current = row.source_seq
+            updates[sid] = current
+            out.append(row)
+        return out, updates
+
+    def _update_rollups(self, conn: sqlite3.Connection, rows: list[EventRow]) -> None:
+        if not rows:
+            return
+        hourly: Counter[tuple[int, str, str, str]] = Counter()
+        sources: dict[str, list[Any]] = {}
+        for row in rows:
+            hourly[(row.observed_at // 3_600_000, row.source_id, row.category, row.type)] += 1
+            src = sources.get(row.source_id)
+            heartbeat = row.observed_at if row.type == "heartbeat" else None
+            if src is None:
+                sources[row.source_id] = [
+                    row.source_id, row.source_type, row.received_at, row.received_at, row.source_seq or 0, 1, heartbeat
+                ]
+            else:
+                src[1] = row.source_type
+                src[3] = max(src[3], row.received_at)
+                src[4] = max(src[4], row.source_seq or 0)
+                src[5] += 1
+                if heartbeat is not None:
+                    src[6] = heartbeat if src[6] is None else max(src[6], heartbeat)
+        conn.executemany(_UPSERT_HOURLY, [(*k, n) for k, n in hourly.items()])
+        conn.executemany(_UPSERT_SOURCE, list(sources.values()))
+
+    def _write_dead_letters(self, conn: sqlite3.Connection, batch: list[WriteItem], now_ms: int) -> None:
+        cut = self._cfg.limits.dead_letter_max_bytes
+        rows = []
+        for item in batch:
+            for rej in item.decoded.rejections:
+                reason = rej.detail if rej.index is None else f"[{rej.index}] {rej.detail}"
+                rows.append((now_ms, item.transport, item.topic, rej.code, reason, rej.raw[:cut], len(rej.raw)))
+        if rows:
+            conn.executemany(_INSERT_DEAD, rows)
+
+    def _record_metrics(
+        self, batch: list[WriteItem], results: list[IngestResult], new_rows: list[EventRow], seconds: float
+    ) -> None:
+        m = self._metrics
+        m.commit_seconds.observe(seconds)
+        m.batch_events.observe(sum(len(item.decoded.events) for item in batch))
+        m.events_stored.inc(len(new_rows))
+        dups = sum(r.duplicates for r in results)
+        if dups:
+            m.events_duplicate.inc(dups)
+        codes: Counter[str] = Counter(rej.code for item in batch for rej in item.decoded.rejections)
+        for code, n in codes.items():
+            m.events_rejected.labels(code).inc(n)
+        ahead = sum(1 for row in new_rows if row.flags & FLAG_SKEW_FUTURE)
+        behind = sum(1 for row in new_rows if row.flags & FLAG_SKEW_PAST)
+        if ahead:
+            m.clock_skew.labels("future").inc(ahead)
+        if behind:
+            m.clock_skew.labels("past").inc(behind)
+
+    # -- background upkeep -----------------------------------------------------------------
+    def _control_wal(self, conn: sqlite3.Connection) -> None:
+        size = maintenance.wal_bytes(self._cfg.db_path)
+        self._metrics.wal_bytes.set(size)
+        limit = self._cfg.store.wal_max_bytes
+        if size > limit // 2:
+            busy, _, _ = maintenance.checkpoint(conn, truncate=False)
+            if size > limit or busy:
+                maintenance.checkpoint(conn, truncate=True)
+            self._metrics.wal_bytes.set(maintenance.wal_bytes(self._cfg.db_path))
+
+    def _maintenance_step(self, conn: sqlite3.Connection) -> bool:
+        """One bounded slice of retention work; True if more slices are due now."""
+        now_ms = self.now_ms()
+        cfg = self._cfg.retention
+        deleted, more_retention = maintenance.retention_step(conn, cfg, now_ms, self._retention)
+        if deleted:
+            self._metrics.retention_deleted.labels("age").inc(deleted)
+        capped, over = maintenance.size_cap_step(conn, cfg)
+        if capped:
+            self._metrics.retention_deleted.labels("size_cap").inc(capped)
+            log.warning("edge.db over its %d-byte cap: deleted the %d oldest events", cfg.max_db_bytes, capped)
+        if not (more_retention or over):
+            maintenance.prune_side_tables(conn, cfg, now_ms, self._cfg.store.fingerprint_hours)
+        if deleted or capped:
+            maintenance.release_free_pages(conn)
+        self._metrics.db_bytes.set(maintenance.live_bytes(conn))
+        return more_retention or over
+
+
+def _set_if_pending(fut: asyncio.Future[IngestResult], result: IngestResult) -> None:
+    if not fut.done():
+        fut.set_result(result)
+
+
+__all__ = ["EdgeStore", "IngestResult", "QueueClosedError", "WriteItem", "message_fingerprint"]

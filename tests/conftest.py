@@ -1,0 +1,116 @@
+"""Shared fixtures: a real Mosquitto per test, edge configs in tmp_path, SQLite helpers."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import sqlite3
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgekite.config import EdgeConfig, load_edge_config
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05) -> Any:
+    """Poll until predicate() is truthy; return its value or fail with the last value."""
+    deadline = time.monotonic() + timeout
+    value = predicate()
+    while not value and time.monotonic() < deadline:
+        time.sleep(interval)
+        value = predicate()
+    assert value, f"condition not met within {timeout}s (last value {value!r})"
+    return value
+
+
+@dataclass
+class Mosquitto:
+    host: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    conf: Path
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+
+def start_mosquitto(tmp_path: Path, extra_conf: str = "", port: int | None = None) -> Mosquitto:
+    """A real Mosquitto on a free loopback port, persistence in tmp_path."""
+    port = port or free_port()
+    conf = tmp_path / f"mosquitto-{port}.conf"
+    (tmp_path / "mosq-data").mkdir(exist_ok=True)
+    conf.write_text(
+        f"listener {port} 127.0.0.1\n"
+        "allow_anonymous true\n"
+        "persistence true\n"
+        f"persistence_location {tmp_path / 'mosq-data'}/\n"
+        "max_queued_messages 1000000\n"
+        "max_inflight_messages 0\n"
+        "max_packet_size 2000000\n"
+        "log_dest none\n" + extra_conf
+    )
+    proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_port(port)
+    except TimeoutError:
+        proc.kill()
+        raise RuntimeError(f"mosquitto did not start: {proc.stderr.read().decode() if proc.stderr else ''}") from None
+    return Mosquitto("127.0.0.1", port, proc, conf)
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    broker = start_mosquitto(tmp_path)
+    yield broker
+    broker.proc.terminate()
+    try:
+        broker.proc.wait(5)
+    except subprocess.TimeoutExpired:
+        broker.proc.kill()
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> Callable[..., EdgeConfig]:
+    """Edge config rooted in tmp_path; keyword sections override, e.g. store={"batch_max_events": 10}."""
+
+    def factory(**sections: Any) -> EdgeConfig:
+        over: dict[str, Any] = {"edge": {"data_dir": str(tmp_path / "edge-data")}, "http": {"port": 0}}
+        for k, v in sections.items():
+            over[k] = {**over.get(k, {}), **v} if isinstance(v, dict) else v
+        return load_edge_config(environ={}, overrides=over)
+
+    return factory
+
+
+def db_rows(db_path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Read edge.db on a separate connection, as a dashboard would."""
+    conn = sqlite3.connect(db_path, timeout=10)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
