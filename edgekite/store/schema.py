@@ -106,7 +106,9 @@ def connect(path: Path, store: StoreSection, *, readonly: bool = False) -> sqlit
         conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {store.synchronous}")
-        conn.execute(f"PRAGMA journal_size_limit = {store.wal_max_bytes}")
+        conn.execute(f"PRAGMA journal_size_limit = {store.wal_max_bytes // 2}")
+        # Checkpoint automatically at a quarter of the bound (pages are 4 KiB).
+        conn.execute(f"PRAGMA wal_autocheckpoint = {max(100, store.wal_max_bytes // 4 // 4096)}")
         conn.execute("PRAGMA temp_store = MEMORY")
     return conn
 

@@ -187,8 +187,8 @@ class EdgeStore:
             elif self._queue.closed:
                 return
             now = time.monotonic()
-            if now >= next_wal_check:
-                next_wal_check = now + 0.5
+            if batch or now >= next_wal_check:
+                next_wal_check = now + 1.0
                 self._control_wal(conn)
             if maintenance_more or now >= next_maintenance:
                 if not maintenance_more:
@@ -376,9 +376,16 @@ class EdgeStore:
         self._metrics.wal_bytes.set(size)
         limit = self._cfg.store.wal_max_bytes
         if size > limit // 2:
-            busy, _, _ = maintenance.checkpoint(conn, truncate=False)
-            if size > limit or busy:
-                maintenance.checkpoint(conn, truncate=True)
+            maintenance.checkpoint(conn, truncate=False)
+            if size > limit:
+                # TRUNCATE waits for readers; bound that wait so ingest never stalls for long.
+                conn.execute("PRAGMA busy_timeout = 200")
+                try:
+                    maintenance.checkpoint(conn, truncate=True)
+                except sqlite3.OperationalError as exc:
+                    log.debug("WAL truncate deferred: %s", exc)
+                finally:
+                    conn.execute("PRAGMA busy_timeout = 10000")
             self._metrics.wal_bytes.set(maintenance.wal_bytes(self._cfg.db_path))
 
     def _maintenance_step(self, conn: sqlite3.Connection) -> bool:

@@ -1,0 +1,274 @@
+"""The edge store: one writer, batched commits, dedup, rollups, dead letters, bounded growth."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from edgekite.config import EdgeConfig
+from edgekite.ingest import decode_message
+from edgekite.metrics import EdgeMetrics
+from edgekite.store import EdgeStore, IngestResult, WriteItem, message_fingerprint
+from edgekite.store.maintenance import last_rowid_received_before, live_bytes, wal_bytes
+from edgekite.store.schema import SCHEMA_VERSION, SchemaTooNewError, connect, migrate
+from tests.conftest import db_rows
+
+
+class Clock:
+    """A settable wall clock, so retention can be tested without waiting days."""
+
+    def __init__(self, t: float = 1_790_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def envelope(source: str = "cam-1", etype: str = "person_detected", **over: object) -> dict[str, object]:
+    env: dict[str, object] = {
+        "event_id": str(uuid.uuid4()),
+        "source": {"type": "edge_device"},
+        "event": {"category": "iot", "type": etype, "data": {"confidence": 0.9, "note": "x" * 40}},
+    }
+    env.update(over)
+    return env
+
+
+def item_for(store: EdgeStore, cfg: EdgeConfig, payload: bytes, source: str = "cam-1", dup: bool = False) -> WriteItem:
+    decoded = decode_message(payload, topic_source_id=source, received_at=store.now_ms(), limits=cfg.limits)
+    fp = message_fingerprint(f"ek/v1/{source}/events", payload) if decoded.ids_generated else None
+    return WriteItem(decoded, "mqtt", f"ek/v1/{source}/events", redelivery=dup, fingerprint=fp, size=len(payload))
+
+
+def submit_wait(store: EdgeStore, item: WriteItem, timeout: float = 10) -> IngestResult:
+    box: list[IngestResult] = []
+    done = threading.Event()
+
+    def cb(r: IngestResult) -> None:
+        box.append(r)
+        done.set()
+
+    item.done = cb
+    store.submit(item)
+    assert done.wait(timeout), "writer never completed the item"
+    return box[0]
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def open_store(make_config: Callable[..., EdgeConfig], clock: Clock) -> Iterator[Callable[..., tuple[EdgeStore, EdgeConfig, EdgeMetrics]]]:
+    stores: list[EdgeStore] = []
+
+    def factory(**sections: object) -> tuple[EdgeStore, EdgeConfig, EdgeMetrics]:
+        cfg = make_config(**sections)
+        metrics = EdgeMetrics()
+        store = EdgeStore(cfg, metrics, clock=clock).open()
+        stores.append(store)
+        return store, cfg, metrics
+
+    yield factory
+    for s in stores:
+        s.close()
+
+
+def metric(metrics: EdgeMetrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+def test_migrations_set_user_version_and_refuse_newer(tmp_path: Path, make_config: Callable[..., EdgeConfig]) -> None:
+    cfg = make_config()
+    conn = connect(tmp_path / "x.db", cfg.store)
+    assert migrate(conn) == SCHEMA_VERSION
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert migrate(conn) == SCHEMA_VERSION, "migrating twice is a no-op"
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(SchemaTooNewError):
+        migrate(conn)
+
+
+def test_commit_stores_rows_rollups_and_source_state(open_store: Callable[..., tuple[EdgeStore, EdgeConfig, EdgeMetrics]]) -> None:
+    store, cfg, metrics = open_store()
+    envs = [envelope() for _ in range(5)] + [envelope(etype="heartbeat", event={"category": "ops", "type": "heartbeat"})]
+    result = submit_wait(store, item_for(store, cfg, orjson.dumps(envs)))
+    assert (result.committed, result.accepted, result.duplicates, result.rejected) == (True, 6, 0, [])
+    db = cfg.db_path
+    assert db_rows(db, "SELECT count(*) FROM events")[0][0] == 6
+    assert sorted(db_rows(db, "SELECT type, count FROM hourly_counts")) == [("heartbeat", 1), ("person_detected", 5)]
+    (src,) = db_rows(db, "SELECT source_id, source_type, last_seq, events, last_heartbeat FROM sources")
+    assert src[:4] == ("cam-1", "edge_device", 6, 6)
+    assert src[4] is not None
+    assert [r[0] for r in db_rows(db, "SELECT source_seq FROM events ORDER BY rowid")] == [1, 2, 3, 4, 5, 6]
+    assert metric(metrics, "edgekite_events_stored_total") == 6
+
+
+def test_replayed_event_ids_are_counted_no_ops(open_store: Callable[..., tuple[EdgeStore, EdgeConfig, EdgeMetrics]]) -> None:
+    store, cfg, metrics = open_store()
+    envs = [envelope() for _ in range(10)]
+    first = submit_wait(store, item_for(store, cfg, orjson.dumps(envs)))
+    # a replay of 3 old ones mixed with 2 new ones, one of which is repeated inside the message
+    fresh = envelope()
+    again = submit_wait(store, item_for(store, cfg, orjson.dumps([*envs[:3], fresh, envelope(), fresh])))
+    assert (first.accepted, first.duplicates) == (10, 0)
+    assert (again.accepted, again.duplicates) == (2, 4)
+    assert db_rows(cfg.db_path, "SELECT count(*) FROM events")[0][0] == 12
+    assert db_rows(cfg.db_path, "SELECT sum(count) FROM hourly_counts")[0][0] == 12, "rollups count each event once"
+    assert db_rows(cfg.db_path, "SELECT events, last_seq FROM sources")[0] == (12, 12)
+    assert metric(metrics, "edgekite_events_duplicate_total") == 4
+
+
+def test_redelivered_idless_message_is_not_stored_twice(open_store: Callable[..., tuple[EdgeStore, EdgeConfig, EdgeMetrics]]) -> None:
+    store, cfg, _ = open_store()
+    minimal = orjson.dumps({"source": {"type": "edge_device"}, "event": {"category": "iot", "type": "motion"}})
+    first = submit_wait(store, item_for(store, cfg, minimal))
+    redelivered = submit_wait(store, item_for(store, cfg, minimal, dup=True))
+    repeated_on_purpose = submit_wait(store, item_for(store, cfg, minimal, dup=False))
+    assert (first.accepted, redelivered.duplicates, repeated_on_purpose.accepted) == (1, 1, 1)
+    assert db_rows(cfg.db_path, "SELECT count(*) FROM events")[0][0] == 2
+
+
+def test_rejections_are_dead_lettered_with_reason_and_bounded_payload(
+    open_store: Callable[..., tuple[EdgeStore, EdgeConfig, EdgeMetrics]],
+) -> None:
+    store, cfg, metrics = open_store(limits={"dead_letter_max_bytes": 100})
+    garbage = b"\x00\x01not json" + b"z" * 500
+    r1 = submit_wait(store, item_for(store, cfg, garbage))
+    r2 = submit_wait(store, item_for(store, cfg, orjson.dumps([envelope(), {"event": 5}])))
+    assert (r1.accepted, [r.code for r in r1.rejected]) == (0, ["invalid_json"])
+    assert (r2.accepted, [r.code for r in r2.rejected]) == (1, ["invalid_envelope"])
+    rows = db_rows(cfg.db_path, "SELECT code, reason, length(payload), payload_bytes, topic FROM dead_letter ORDER BY id")
+    assert rows[0][0] == "invalid_json" and rows[0][2:4] == (100, len(garbage))
+    assert rows[1][0] == "invalid_envelope" and rows[1][1].startswith("[1] ")
+    assert rows[1][4] == "ek/v1/cam-1/events"
+    assert metric(metrics, "edgekite_events_rejected_total", reason="invalid_json") == 1
+    assert metric(metrics, "edgekite_events_rejected_total", reason="invalid_envelope") == 1
+
+
+def test_close_drains_everything_queued(open_store: Callable[..., tuple[EdgeStore, EdgeConfig, EdgeMetrics]]) -> None:
+    store, cfg, _ = open_store()
+    results: list[IngestResult] = []
+    for _ in range(300):
+        item = item_for(store, cfg, orjson.dumps([envelope() for _ in range(10)]))
+        item.done = results.append
+        store.submit(item)
+    store.close()
+    assert len(results) == 300 and all(r.committed for r in results)
+    assert db_rows(cfg.db_path, "SELECT count(*) FROM events")[0][0] == 3000
+
+
+def test_full_queue_blocks_the_producer(open_store: Callable[..., tuple[EdgeStore, EdgeConfig, EdgeMetrics]]) -> None:
+    store, cfg, _ = open_store(store={"queue_max_messages": 10})
+    payload = orjson.dumps(envelope())
+    # Hold the writer inside a transaction-free wait: fill faster than it can possibly drain.
+    blocked = 0
+    for _ in range(2000):
+        if not store.submit(item_for(store, cfg, payload), timeout=0):
+            blocked += 1
+    assert blocked > 0, "a bounded queue must refuse (block) when full"
+    assert store.queue_depth <= 10
+
+
+def test_retention_deletes_expired_rows_per_class(
+    open_store: Callable[..., tuple[EdgeStore, EdgeConfig, EdgeMetrics]], clock: Clock
+) -> None:
+    store, cfg, metrics = open_store(retention={"short_days": 1, "standard_days": 3, "long_days": 10, "interval_secs": 0.05})
+    day = 86_400.0
+    batches = {}
+    for age_days in (5, 2, 0):  # written at now-5d, now-2d, now
+        clock.t = 1_790_000_000.0 - age_days * day
+        envs = [envelope(privacy={"retention_class": c}) for c in ("short", "standard", "long") for _ in range(4)]
+        submit_wait(store, item_for(store, cfg, orjson.dumps(envs)))
+        batches[age_days] = envs
+    clock.t = 1_790_000_000.0
+    def remaining() -> list[tuple[str, int]]:
+        return db_rows(cfg.db_path, "SELECT retention_class, count(*) FROM events GROUP BY 1 ORDER BY 1")
+    deadline = time.monotonic() + 10
+    want = [("long", 12), ("short", 4), ("standard", 8)]
+    while remaining() != want and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert remaining() == want
+    kept_ids = {r[0] for r in db_rows(cfg.db_path, "SELECT event_id FROM events WHERE retention_class='standard'")}
+    expected = {uuid.UUID(str(e["event_id"])).bytes for age in (2, 0) for e in batches[age] if e["privacy"] == {"retention_class": "standard"}}
+    assert kept_ids == expected, "standard rows of 2 days ago stay, those of 5 days ago go"
+    assert metric(metrics, "edgekite_retention_deleted_total", reason="age") == 12
+    assert db_rows(cfg.db_path, "SELECT sum(count) FROM hourly_counts")[0][0] == 36, "rollups outlive raw rows"
+
+
+def test_rowid_search_finds_the_age_boundary(
+    open_store: Callable[..., tuple[EdgeStore, EdgeConfig, EdgeMetrics]], clock: Clock
+) -> None:
+    store, cfg, _ = open_store()
+    for i in range(50):
+        clock.t = 1_790_000_000.0 + i
+        submit_wait(store, item_for(store, cfg, orjson.dumps(envelope())))
+    conn = connect(cfg.db_path, cfg.store, readonly=True)
+    cutoff = int((1_790_000_000.0 + 20) * 1000)
+    rid = last_rowid_received_before(conn, cutoff)
+    expected = db_rows(cfg.db_path, "SELECT max(rowid) FROM events WHERE received_at < ?", (cutoff,))[0][0]
+    assert rid == expected == 20
+    assert last_rowid_received_before(conn, 0) == 0
+    conn.close()
+
+
+def test_size_cap_deletes_oldest_first(open_store: Callable[..., tuple[EdgeStore, EdgeConfig, EdgeMetrics]]) -> None:
+    cap = 1024**2
+    store, cfg, metrics = open_store(retention={"max_db_bytes": cap, "interval_secs": 0.05, "chunk_rows": 200})
+    first_ids = []
+    for i in range(60):
+        envs = [envelope(event={"category": "iot", "type": "reading", "data": {"blob": "y" * 900, "i": i}}) for _ in range(50)]
+        if i == 0:
+            first_ids = [uuid.UUID(str(e["event_id"])).bytes for e in envs]
+        submit_wait(store, item_for(store, cfg, orjson.dumps(envs)))
+    conn = connect(cfg.db_path, cfg.store, readonly=True)
+    deadline = time.monotonic() + 15
+    while live_bytes(conn) > cap and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert live_bytes(conn) <= cap
+    remaining = db_rows(cfg.db_path, "SELECT count(*) FROM events")[0][0]
+    assert 0 < remaining < 3000
+    newest = db_rows(cfg.db_path, "SELECT max(json_extract(payload_json, '$.i')) FROM events")[0][0]
+    assert newest == 59, "the newest events are kept"
+    marks = ",".join("?" * len(first_ids))
+    assert db_rows(cfg.db_path, f"SELECT count(*) FROM events WHERE event_id IN ({marks})", tuple(first_ids))[0][0] == 0
+    assert metric(metrics, "edgekite_retention_deleted_total", reason="size_cap") == 3000 - remaining
+    conn.close()
+
+
+def test_wal_stays_bounded_under_sustained_load_with_a_reader(
+    open_store: Callable[..., tuple[EdgeStore, EdgeConfig, EdgeMetrics]],
+) -> None:
+    bound = 2 * 1024**2
+    store, cfg, _ = open_store(store={"wal_max_bytes": bound})
+    stop = threading.Event()
+
+    def reader() -> None:  # several dashboards polling hard all the while
+        conn = connect(cfg.db_path, cfg.store, readonly=True)
+        while not stop.is_set():
+            conn.execute("SELECT count(*) FROM events WHERE observed_at > 0").fetchone()
+            time.sleep(0.002)
+        conn.close()
+
+    t = threading.Thread(target=reader)
+    t.start()
+    peak = 0
+    try:
+        for _ in range(150):
+            envs = [envelope(event={"category": "iot", "type": "r", "data": {"pad": "p" * 300}}) for _ in range(100)]
+            submit_wait(store, item_for(store, cfg, orjson.dumps(envs)))
+            peak = max(peak, wal_bytes(cfg.db_path))
+    finally:
+        stop.set()
+        t.join()
+    assert db_rows(cfg.db_path, "SELECT count(*) FROM events")[0][0] == 15_000
+    assert peak <= bound, f"WAL peaked at {peak} bytes"
