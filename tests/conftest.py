@@ -114,3 +114,51 @@ def db_rows(db_path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple
         return conn.execute(sql, params).fetchall()
     finally:
         conn.close()
+
+
+class EdgeProcess:
+    """``edgekite edge`` as a real child process, for crash tests (kill -9) and CLI tests."""
+
+    def __init__(self, data_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.args = args
+        self.env = env
+        self.proc: subprocess.Popen[str] | None = None
+        self.ready_line = ""
+        self.log_path = data_dir.parent / f"{data_dir.name}-edge.log"
+
+    def start(self, timeout: float = 20.0) -> EdgeProcess:
+        import os
+        import sys
+
+        env = {**os.environ, **(self.env or {})}
+        log = self.log_path.open("a")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edgekite.cli", "edge", "--data-dir", str(self.data_dir), *self.args],
+            stdout=subprocess.PIPE, stderr=log, text=True, env=env,
+        )
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if "ready" in line:
+                self.ready_line = line.strip()
+                return self
+            if not line and self.proc.poll() is not None:
+                break
+        self.proc.kill()
+        raise RuntimeError(f"edge did not become ready; log:\n{self.log_path.read_text()[-3000:]}")
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        self.proc.terminate()
+        return self.proc.wait(timeout)
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "edge.db"
