@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
+from edge_bridge.inbound import InboundRouter, rejection_summary
 from edgekite.metrics import EdgeMetrics
 from edgekite.store import EdgeStore
-from edge_bridge.inbound import InboundRouter, rejection_summary
 
 log = logging.getLogger(__name__)
 

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-
+from edge_bridge.mapping import MappingError, map_message
 from edgekite.config import EdgeConfig, TopicMapping
 from edgekite.ingest import Decoded, Rejection, decode_message, parse_json, rows_from_objects
 from edgekite.store import WriteItem, message_fingerprint
 from edgekite.topics import matches, source_id_from_topic
-from edge_bridge.mapping import MappingError, map_message
 
 # Per-item bookkeeping on top of the payload, so the queue's byte bound is honest.
 ITEM_OVERHEAD_BYTES = 512
@@ -38,7 +37,12 @@ class InboundRouter:
                 sid = source_id_from_topic(f, topic)
                 if sid is None:
                     return Decoded(
-                        [], [Rejection("bad_topic", f"topic {topic[:200]!r} names no valid source id", None, payload)],
+                        [],
+                        [
+                            Rejection(
+                                "bad_topic", f"topic {topic[:200]!r} names no valid source id", None, payload
+                            )
+                        ],
                         False,
                     )
                 return decode_message(
@@ -51,7 +55,9 @@ class InboundRouter:
         for m in self._mappings:
             if matches(m.filter, topic):
                 return self._decode_mapped(m, topic, payload, received_at)
-        return Decoded([], [Rejection("bad_topic", f"no route for topic {topic[:200]!r}", None, payload)], False)
+        return Decoded(
+            [], [Rejection("bad_topic", f"no route for topic {topic[:200]!r}", None, payload)], False
+        )
 
     def _decode_mapped(self, m: TopicMapping, topic: str, payload: bytes, received_at: int) -> Decoded:
         parsed: Any = parse_json(payload, self._cfg.limits)

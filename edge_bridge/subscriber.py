@@ -17,15 +17,16 @@ from dataclasses import dataclass
 from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edge_bridge.inbound import InboundRouter, rejection_summary
 from edgekite.config import EdgeConfig
 from edgekite.metrics import EdgeMetrics
 from edgekite.store import EdgeStore, IngestResult
 from edgekite.store.queue import QueueClosedError
-from edge_bridge.inbound import InboundRouter, rejection_summary
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class MqttSubscriber:
         mc = config.mqtt
         self._v5 = mc.protocol == "5" or (mc.protocol == "auto" and bool(config.mqtt.url))
         self._client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
+            CallbackAPIVersion.VERSION2,
             client_id=mc.client_id,
             protocol=mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311,
             clean_session=None if self._v5 else False,
@@ -72,7 +73,9 @@ class MqttSubscriber:
         if mc.username is not None:
             self._client.username_pw_set(mc.username, mc.password)
         if self._addr.tls:
-            self._client.tls_set(ca_certs=str(mc.ca_file) if mc.ca_file else None, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+            self._client.tls_set(
+                ca_certs=str(mc.ca_file) if mc.ca_file else None, tls_version=ssl.PROTOCOL_TLS_CLIENT
+            )
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
@@ -86,7 +89,7 @@ class MqttSubscriber:
         mc = self._cfg.mqtt
         props = None
         if self._v5:
-            props = Properties(PacketTypes.CONNECT)
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = mc.session_expiry_secs
             props.ReceiveMaximum = mc.receive_maximum
         self._client.connect_async(
@@ -135,7 +138,11 @@ class MqttSubscriber:
         client.subscribe([(f, 1) for f in filters])
         log.info(
             "bridge connected to %s:%d (MQTT %s, session present: %s), subscribed to %s",
-            self._addr.host, self._addr.port, "5" if self._v5 else "3.1.1", flags.session_present, filters,
+            self._addr.host,
+            self._addr.port,
+            "5" if self._v5 else "3.1.1",
+            flags.session_present,
+            filters,
         )
 
     def _on_disconnect(
@@ -155,7 +162,7 @@ class MqttSubscriber:
         if self._stopping.is_set():
             return  # not acknowledged: the broker keeps it for our session
         self._metrics.messages_received.labels("mqtt").inc()
-        item = self._router.build_item(msg.topic, msg.payload, bool(msg.dup), self._store.now_ms())
+        item = self._router.build_item(msg.topic, bytes(msg.payload), bool(msg.dup), self._store.now_ms())
         n = len(item.decoded.events) + len(item.decoded.rejections)
         self._metrics.events_received.labels("mqtt").inc(n)
         if item.decoded.rejections:

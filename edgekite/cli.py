@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -72,10 +73,8 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_level or "INFO")
     print(f"edgekite broker on mqtt://{args.host}:{args.port}", flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_broker(args.host, args.port, args.password_file))
-    except KeyboardInterrupt:
-        pass
     return 0
 
 
@@ -96,16 +95,22 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgekite", description="Offline-first event analytics at the edge.")
+    parser = argparse.ArgumentParser(
+        prog="edgekite", description="Offline-first event analytics at the edge."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    edge = sub.add_parser("edge", help="run the edge: broker (embedded unless --mqtt-url), bridge, store, HTTP")
+    edge = sub.add_parser(
+        "edge", help="run the edge: broker (embedded unless --mqtt-url), bridge, store, HTTP"
+    )
     edge.add_argument("--config", type=Path, help="TOML config file (EDGEKITE_* variables override it)")
     edge.add_argument("--data-dir", type=Path, help="where edge.db lives (default ./data)")
     edge.add_argument("--edge-id", help="this edge's name in the fleet")
     edge.add_argument("--mqtt-url", help="external broker, mqtt://HOST:PORT; omit to embed one")
     edge.add_argument("--mqtt-port", type=int, help="port of the embedded broker (default 1883)")
-    edge.add_argument("--http-port", type=int, help="HTTP port for the API, dashboard and /metrics (default 8080)")
+    edge.add_argument(
+        "--http-port", type=int, help="HTTP port for the API, dashboard and /metrics (default 8080)"
+    )
     edge.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     edge.set_defaults(func=cmd_edge)
 

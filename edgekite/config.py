@@ -41,7 +41,8 @@ class MqttSection(_Section):
         None, description="amqtt password file; when set, anonymous devices are refused."
     )
     client_id: str = Field(
-        "", description="Bridge client id; stable so the broker keeps its session. Default: edgekite-<edge_id>."
+        "",
+        description="Bridge client id; stable so the broker keeps its session. Default: edgekite-<edge_id>.",
     )
     username: str | None = None
     password: str | None = None
@@ -57,7 +58,8 @@ class MqttSection(_Section):
     )
     keepalive_secs: int = Field(30, ge=5, le=3600)
     topics: list[str] = Field(
-        default_factory=lambda: ["ek/v1/+/events"], description="Envelope topics; the 3rd level is the source id."
+        default_factory=lambda: ["ek/v1/+/events"],
+        description="Envelope topics; the 3rd level is the source id.",
     )
     source_id_must_match_topic: bool = Field(
         True,

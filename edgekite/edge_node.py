@@ -8,6 +8,7 @@ themselves only know ``edgekite``. Start order is store, ingest, HTTP; stop orde
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
@@ -108,10 +109,8 @@ class EdgeNode:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
-            except (NotImplementedError, RuntimeError):
-                pass
         await self._stop.wait()
         log.info("stopping: draining the ingest queue")
 

@@ -52,7 +52,7 @@ class Rejection(NamedTuple):
 
     code: str
     detail: str
-    index: int | None
+    position: int | None  # element of an array message, None for the whole message
     raw: bytes
 
 

@@ -16,7 +16,10 @@ class EdgeMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.messages_received = Counter(
-            "edgekite_messages_received", "Messages (MQTT publishes, HTTP bodies) received.", ["transport"], registry=r
+            "edgekite_messages_received",
+            "Messages (MQTT publishes, HTTP bodies) received.",
+            ["transport"],
+            registry=r,
         )
         self.events_received = Counter(
             "edgekite_events_received", "Envelopes received, before validation.", ["transport"], registry=r
@@ -31,7 +34,10 @@ class EdgeMetrics:
         for code in REJECT_CODES:
             self.events_rejected.labels(code)
         self.clock_skew = Counter(
-            "edgekite_events_clock_skew", "Events kept but flagged: observed_at far off.", ["direction"], registry=r
+            "edgekite_events_clock_skew",
+            "Events kept but flagged: observed_at far off.",
+            ["direction"],
+            registry=r,
         )
         self.commit_seconds = Histogram(
             "edgekite_commit_seconds",
@@ -48,14 +54,18 @@ class EdgeMetrics:
         self.commit_errors = Counter(
             "edgekite_commit_errors", "Write transactions that failed and were retried.", registry=r
         )
-        self.queue_depth = Gauge("edgekite_ingest_queue_depth", "Messages waiting for the writer.", registry=r)
+        self.queue_depth = Gauge(
+            "edgekite_ingest_queue_depth", "Messages waiting for the writer.", registry=r
+        )
         self.queue_bytes = Gauge("edgekite_ingest_queue_bytes", "Bytes waiting for the writer.", registry=r)
         self.retention_deleted = Counter(
             "edgekite_retention_deleted", "Events deleted by retention.", ["reason"], registry=r
         )
         self.db_bytes = Gauge("edgekite_db_bytes", "Size of edge.db (live pages).", registry=r)
         self.wal_bytes = Gauge("edgekite_wal_bytes", "Size of the WAL file.", registry=r)
-        self.mqtt_connected = Gauge("edgekite_mqtt_connected", "1 while the bridge holds a broker session.", registry=r)
+        self.mqtt_connected = Gauge(
+            "edgekite_mqtt_connected", "1 while the bridge holds a broker session.", registry=r
+        )
         self.mqtt_reconnects = Counter("edgekite_mqtt_connects", "Successful broker connections.", registry=r)
 
     def render(self) -> bytes:

@@ -79,7 +79,9 @@ def start_mosquitto(tmp_path: Path, extra_conf: str = "", port: int | None = Non
         wait_port(port)
     except TimeoutError:
         proc.kill()
-        raise RuntimeError(f"mosquitto did not start: {proc.stderr.read().decode() if proc.stderr else ''}") from None
+        raise RuntimeError(
+            f"mosquitto did not start: {proc.stderr.read().decode() if proc.stderr else ''}"
+        ) from None
     return Mosquitto("127.0.0.1", port, proc, conf)
 
 
@@ -135,7 +137,10 @@ class EdgeProcess:
         log = self.log_path.open("a")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edgekite.cli", "edge", "--data-dir", str(self.data_dir), *self.args],
-            stdout=subprocess.PIPE, stderr=log, text=True, env=env,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            env=env,
         )
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout

@@ -48,7 +48,9 @@ def last_rowid_received_before(conn: sqlite3.Connection, cutoff_ms: int) -> int:
             lo = mid
         else:
             hi = mid - 1
-    (found,) = conn.execute("SELECT rowid FROM events WHERE rowid >= ? ORDER BY rowid LIMIT 1", (lo,)).fetchone()
+    (found,) = conn.execute(
+        "SELECT rowid FROM events WHERE rowid >= ? ORDER BY rowid LIMIT 1", (lo,)
+    ).fetchone()
     return int(found)
 
 
@@ -69,7 +71,8 @@ def retention_step(
         conn.execute("BEGIN IMMEDIATE")
         try:
             cur = conn.execute(
-                "DELETE FROM events WHERE rowid > ? AND rowid <= ? AND retention_class = ? AND received_at < ?",
+                "DELETE FROM events WHERE rowid > ? AND rowid <= ? "
+                "AND retention_class = ? AND received_at < ?",
                 (lower, end, cls, cutoff),
             )
             conn.execute("COMMIT")
@@ -109,18 +112,22 @@ def size_cap_step(conn: sqlite3.Connection, cfg: RetentionSection) -> tuple[int,
     return cur.rowcount, live_bytes(conn) > cfg.max_db_bytes
 
 
-def prune_side_tables(conn: sqlite3.Connection, cfg: RetentionSection, now_ms: int, fingerprint_hours: float) -> None:
+def prune_side_tables(
+    conn: sqlite3.Connection, cfg: RetentionSection, now_ms: int, fingerprint_hours: float
+) -> None:
     """Dead letters, fingerprints and rollups expire too (rollups live as long as 'long' events)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         conn.execute(
-            "DELETE FROM dead_letter WHERE received_at < ?", (now_ms - int(cfg.dead_letter_days * 86_400_000),)
+            "DELETE FROM dead_letter WHERE received_at < ?",
+            (now_ms - int(cfg.dead_letter_days * 86_400_000),),
         )
         conn.execute(
             "DELETE FROM fingerprints WHERE received_at < ?", (now_ms - int(fingerprint_hours * 3_600_000),)
         )
         conn.execute(
-            "DELETE FROM hourly_counts WHERE hour_bucket < ?", ((now_ms - int(cfg.long_days * 86_400_000)) // 3_600_000,)
+            "DELETE FROM hourly_counts WHERE hour_bucket < ?",
+            ((now_ms - int(cfg.long_days * 86_400_000)) // 3_600_000,),
         )
         conn.execute("COMMIT")
     except BaseException:

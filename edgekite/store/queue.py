@@ -57,7 +57,9 @@ class BoundedQueue(Generic[T]):
             self._cond.notify_all()
             return True
 
-    def get_batch(self, max_weight: int, weight_of: Callable[[T], int], first_wait: float, fill_wait: float) -> list[T]:
+    def get_batch(
+        self, max_weight: int, weight_of: Callable[[T], int], first_wait: float, fill_wait: float
+    ) -> list[T]:
         """Take items up to ``max_weight`` (e.g. events): wait ``first_wait`` for the first,
         then up to ``fill_wait`` more for the batch to fill, so a trickle still commits fast."""
         out: list[T] = []
@@ -94,4 +96,3 @@ class BoundedQueue(Generic[T]):
     @property
     def closed(self) -> bool:
         return self._closed
-

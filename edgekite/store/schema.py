@@ -95,7 +95,9 @@ class SchemaTooNewError(RuntimeError):
 def connect(path: Path, store: StoreSection, *, readonly: bool = False) -> sqlite3.Connection:
     """Open edge.db with the settings every connection needs."""
     if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(
+            f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+        )
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)

@@ -91,7 +91,9 @@ def _weight(item: WriteItem) -> int:
 class EdgeStore:
     """Owns edge.db's only write connection. Use as a context manager or open()/close()."""
 
-    def __init__(self, config: EdgeConfig, metrics: EdgeMetrics, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, config: EdgeConfig, metrics: EdgeMetrics, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self._cfg = config
         self._metrics = metrics
         self._clock = clock
@@ -122,7 +124,9 @@ class EdgeStore:
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
-                log.error("writer did not drain within %.0f s; uncommitted messages stay unacknowledged", timeout)
+                log.error(
+                    "writer did not drain within %.0f s; uncommitted messages stay unacknowledged", timeout
+                )
                 self._stopping.set()
                 self._thread.join(5)
         if self._conn is not None and (self._thread is None or not self._thread.is_alive()):
@@ -180,7 +184,10 @@ class EdgeStore:
         next_wal_check = 0.0
         while True:
             batch = self._queue.get_batch(
-                store_cfg.batch_max_events, _weight, first_wait=0.25, fill_wait=store_cfg.batch_max_wait_ms / 1000
+                store_cfg.batch_max_events,
+                _weight,
+                first_wait=0.25,
+                fill_wait=store_cfg.batch_max_wait_ms / 1000,
             )
             if batch:
                 self._commit_with_retry(conn, batch)
@@ -287,7 +294,9 @@ class EdgeStore:
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            existing.update(r[0] for r in conn.execute(f"SELECT event_id FROM events WHERE event_id IN ({marks})", chunk))
+            existing.update(
+                r[0] for r in conn.execute(f"SELECT event_id FROM events WHERE event_id IN ({marks})", chunk)
+            )
         fresh: list[tuple[int, EventRow]] = []
         for i, row in candidates:
             if row.event_id in existing:
@@ -328,7 +337,13 @@ class EdgeStore:
             heartbeat = row.observed_at if row.type == "heartbeat" else None
             if src is None:
                 sources[row.source_id] = [
-                    row.source_id, row.source_type, row.received_at, row.received_at, row.source_seq or 0, 1, heartbeat
+                    row.source_id,
+                    row.source_type,
+                    row.received_at,
+                    row.received_at,
+                    row.source_seq or 0,
+                    1,
+                    heartbeat,
                 ]
             else:
                 src[1] = row.source_type
@@ -345,8 +360,10 @@ class EdgeStore:
         rows = []
         for item in batch:
             for rej in item.decoded.rejections:
-                reason = rej.detail if rej.index is None else f"[{rej.index}] {rej.detail}"
-                rows.append((now_ms, item.transport, item.topic, rej.code, reason, rej.raw[:cut], len(rej.raw)))
+                reason = rej.detail if rej.position is None else f"[{rej.position}] {rej.detail}"
+                rows.append(
+                    (now_ms, item.transport, item.topic, rej.code, reason, rej.raw[:cut], len(rej.raw))
+                )
         if rows:
             conn.executemany(_INSERT_DEAD, rows)
 
@@ -398,7 +415,9 @@ class EdgeStore:
         capped, over = maintenance.size_cap_step(conn, cfg)
         if capped:
             self._metrics.retention_deleted.labels("size_cap").inc(capped)
-            log.warning("edge.db over its %d-byte cap: deleted the %d oldest events", cfg.max_db_bytes, capped)
+            log.warning(
+                "edge.db over its %d-byte cap: deleted the %d oldest events", cfg.max_db_bytes, capped
+            )
         if not (more_retention or over):
             maintenance.prune_side_tables(conn, cfg, now_ms, self._cfg.store.fingerprint_hours)
         if deleted or capped:

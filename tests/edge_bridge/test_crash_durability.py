@@ -69,7 +69,9 @@ class Publisher(threading.Thread):
 
 
 @pytest.mark.slow
-def test_kill9_during_load_loses_nothing_and_stores_nothing_twice(mosquitto: Mosquitto, tmp_path: Path) -> None:
+def test_kill9_during_load_loses_nothing_and_stores_nothing_twice(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
     rng = random.Random(20261123)
     data = tmp_path / "edge"
     args = ("--mqtt-url", mosquitto.url, "--http-port", "0", "--edge-id", "crash")

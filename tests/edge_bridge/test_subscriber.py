@@ -40,7 +40,9 @@ class Bridge:
 
 
 @pytest.fixture
-def start_bridge(mosquitto: Mosquitto, make_config: Callable[..., EdgeConfig]) -> Iterator[Callable[..., Bridge]]:
+def start_bridge(
+    mosquitto: Mosquitto, make_config: Callable[..., EdgeConfig]
+) -> Iterator[Callable[..., Bridge]]:
     started: list[Bridge] = []
 
     def start(**sections: object) -> Bridge:
@@ -61,7 +63,9 @@ def start_bridge(mosquitto: Mosquitto, make_config: Callable[..., EdgeConfig]) -
             b.stop()
 
 
-def mosquitto_pub(broker: Mosquitto, topic: str, *, message: bytes | None = None, file: Path | None = None) -> None:
+def mosquitto_pub(
+    broker: Mosquitto, topic: str, *, message: bytes | None = None, file: Path | None = None
+) -> None:
     args = ["mosquitto_pub", "-h", broker.host, "-p", str(broker.port), "-q", "1", "-t", topic]
     if file is not None:
         args += ["-f", str(file)]
@@ -78,21 +82,39 @@ def paho_publisher(broker: Mosquitto) -> mqtt.Client:
     return client
 
 
-def test_mosquitto_pub_full_envelope_lands_with_every_field(mosquitto: Mosquitto, start_bridge: Callable[..., Bridge]) -> None:
+def test_mosquitto_pub_full_envelope_lands_with_every_field(
+    mosquitto: Mosquitto, start_bridge: Callable[..., Bridge]
+) -> None:
     bridge = start_bridge()
     event_id = "0190a5c2-7c3e-7b3a-9a43-1c2d3e4f5a6b"
     envelope = {
         "event_id": event_id,
         "observed_at": "2026-11-23T10:30:00.000Z",
-        "source": {"type": "edge_device", "id": "cam-barn-01", "version": "2.1.0", "metadata": {"site_id": "farm-17"}},
+        "source": {
+            "type": "edge_device",
+            "id": "cam-barn-01",
+            "version": "2.1.0",
+            "metadata": {"site_id": "farm-17"},
+        },
         "event": {
             "category": "iot",
             "type": "person_detected",
             "severity": "warn",
-            "data": {"camera_id": "barn", "confidence": 0.94, "bbox": {"x": 100, "y": 200, "w": 50, "h": 120}},
+            "data": {
+                "camera_id": "barn",
+                "confidence": 0.94,
+                "bbox": {"x": 100, "y": 200, "w": 50, "h": 120},
+            },
         },
         "correlation": {"correlation_id": "corr-1", "incident_id": "inc-9"},
-        "attachments": [{"kind": "thumbnail", "uri": "file:///media/det_001.jpg", "sha256": "0f" * 32, "size_bytes": 45000}],
+        "attachments": [
+            {
+                "kind": "thumbnail",
+                "uri": "file:///media/det_001.jpg",
+                "sha256": "0f" * 32,
+                "size_bytes": 45000,
+            }
+        ],
         "privacy": {"pii": False, "retention_class": "long"},
         "sync": {"source_seq": 77},
     }
@@ -100,8 +122,9 @@ def test_mosquitto_pub_full_envelope_lands_with_every_field(mosquitto: Mosquitto
     wait_for(lambda: bridge.count() == 1)
     (row,) = db_rows(
         bridge.config.db_path,
-        "SELECT event_id, observed_at, received_at, source_type, source_id, source_seq, category, type, severity, "
-        "correlation_id, payload_json, attachments_json, pii, retention_class, meta_json, flags, synced FROM events",
+        "SELECT event_id, observed_at, received_at, source_type, source_id, source_seq, category, type, "
+        "severity, correlation_id, payload_json, attachments_json, pii, retention_class, meta_json, flags, "
+        "synced FROM events",
     )
     assert uuid.UUID(bytes=row[0]) == uuid.UUID(event_id)
     assert row[1] == 1_795_429_800_000
@@ -110,11 +133,17 @@ def test_mosquitto_pub_full_envelope_lands_with_every_field(mosquitto: Mosquitto
     assert orjson.loads(row[10]) == envelope["event"]["data"]  # type: ignore[index]
     assert orjson.loads(row[11]) == envelope["attachments"]
     assert row[12:14] == (0, "long")
-    assert orjson.loads(row[14]) == {"source_version": "2.1.0", "source_metadata": {"site_id": "farm-17"}, "incident_id": "inc-9"}
+    assert orjson.loads(row[14]) == {
+        "source_version": "2.1.0",
+        "source_metadata": {"site_id": "farm-17"},
+        "incident_id": "inc-9",
+    }
     assert row[15:] == (0, 0)
 
 
-def test_minimal_form_from_mosquitto_pub_is_filled_in(mosquitto: Mosquitto, start_bridge: Callable[..., Bridge]) -> None:
+def test_minimal_form_from_mosquitto_pub_is_filled_in(
+    mosquitto: Mosquitto, start_bridge: Callable[..., Bridge]
+) -> None:
     bridge = start_bridge()
     for _ in range(3):
         mosquitto_pub(
@@ -123,14 +152,23 @@ def test_minimal_form_from_mosquitto_pub_is_filled_in(mosquitto: Mosquitto, star
             message=b'{"source":{"type":"edge_device"},"event":{"category":"iot","type":"sensor_reading","data":{"value":71.5}}}',
         )
     wait_for(lambda: bridge.count() == 3)
-    rows = db_rows(bridge.config.db_path, "SELECT event_id, source_id, source_seq, observed_at, received_at FROM events ORDER BY rowid")
+    rows = db_rows(
+        bridge.config.db_path,
+        "SELECT event_id, source_id, source_seq, observed_at, received_at FROM events ORDER BY rowid",
+    )
     assert len({r[0] for r in rows}) == 3
     assert all(uuid.UUID(bytes=r[0]).version == 7 for r in rows)
-    assert [r[1:3] for r in rows] == [("sensor-tank-level", 1), ("sensor-tank-level", 2), ("sensor-tank-level", 3)]
+    assert [r[1:3] for r in rows] == [
+        ("sensor-tank-level", 1),
+        ("sensor-tank-level", 2),
+        ("sensor-tank-level", 3),
+    ]
     assert all(r[3] == r[4] for r in rows), "observed_at defaults to received_at"
 
 
-def test_paho_publisher_load_is_stored_exactly_once(mosquitto: Mosquitto, start_bridge: Callable[..., Bridge]) -> None:
+def test_paho_publisher_load_is_stored_exactly_once(
+    mosquitto: Mosquitto, start_bridge: Callable[..., Bridge]
+) -> None:
     bridge = start_bridge()
     pub = paho_publisher(mosquitto)
     ids = []
@@ -138,22 +176,34 @@ def test_paho_publisher_load_is_stored_exactly_once(mosquitto: Mosquitto, start_
     for i in range(2000):
         eid = str(uuid.uuid4())
         ids.append(eid)
-        env = {"event_id": eid, "source": {"type": "server"}, "event": {"category": "app", "type": "job_done", "data": {"i": i}}}
+        env = {
+            "event_id": eid,
+            "source": {"type": "server"},
+            "event": {"category": "app", "type": "job_done", "data": {"i": i}},
+        }
         infos.append(pub.publish(f"ek/v1/worker-{i % 7}/events", orjson.dumps(env), qos=1))
     for info in infos:
         info.wait_for_publish(10)
     # replay the first 100: a producer retry after a lost ack
     for i in range(100):
-        env = {"event_id": ids[i], "source": {"type": "server"}, "event": {"category": "app", "type": "job_done", "data": {"i": i}}}
+        env = {
+            "event_id": ids[i],
+            "source": {"type": "server"},
+            "event": {"category": "app", "type": "job_done", "data": {"i": i}},
+        }
         pub.publish(f"ek/v1/worker-{i % 7}/events", orjson.dumps(env), qos=1).wait_for_publish(10)
     wait_for(lambda: bridge.metric("edgekite_events_duplicate_total") == 100)
     pub.loop_stop()
     assert bridge.count() == 2000
-    stored = {str(uuid.UUID(bytes=r[0])) for r in db_rows(bridge.config.db_path, "SELECT event_id FROM events")}
+    stored = {
+        str(uuid.UUID(bytes=r[0])) for r in db_rows(bridge.config.db_path, "SELECT event_id FROM events")
+    }
     assert stored == set(ids)
     assert bridge.metric("edgekite_events_stored_total") == 2000
     assert db_rows(bridge.config.db_path, "SELECT sum(count) FROM hourly_counts")[0][0] == 2000
-    seqs = db_rows(bridge.config.db_path, "SELECT source_id, max(source_seq), count(*) FROM events GROUP BY 1")
+    seqs = db_rows(
+        bridge.config.db_path, "SELECT source_id, max(source_seq), count(*) FROM events GROUP BY 1"
+    )
     assert all(mx == n for _, mx, n in seqs), "per-source sequence is gapless for edge-assigned seqs"
 
 
@@ -164,10 +214,19 @@ def test_garbage_is_dead_lettered_and_good_events_between_still_land(
     topic = "ek/v1/cam-1/events"
 
     def good(n: int) -> bytes:
-        return orjson.dumps({"source": {"type": "edge_device"}, "event": {"category": "iot", "type": "motion", "data": {"n": n}}})
+        return orjson.dumps(
+            {
+                "source": {"type": "edge_device"},
+                "event": {"category": "iot", "type": "motion", "data": {"n": n}},
+            }
+        )
 
     big = tmp_path / "big.json"
-    big.write_bytes(b'{"source":{"type":"edge_device"},"event":{"category":"iot","type":"x","data":{"p":"' + b"a" * 1024 * 1024 + b'"}}}')
+    big.write_bytes(
+        b'{"source":{"type":"edge_device"},"event":{"category":"iot","type":"x","data":{"p":"'
+        + b"a" * 1024 * 1024
+        + b'"}}}'
+    )
     binary = tmp_path / "bin"
     binary.write_bytes(bytes(range(256)) * 4)
     garbage: list[tuple[bytes | Path, str]] = [
@@ -175,9 +234,20 @@ def test_garbage_is_dead_lettered_and_good_events_between_still_land(
         (binary, "invalid_json"),
         (b'{"source":{"type":"edge_device"},"event":{"category":"iot","type":42}}', "invalid_envelope"),
         (big, "too_large"),
-        (b'{"source":{"type":"edge_device"},"event":{"category":"iot","type":"x","data":' + b'{"a":' * 1000 + b"1" + b"}" * 1000 + b"}}", "too_deep"),
+        (
+            b'{"source":{"type":"edge_device"},"event":{"category":"iot","type":"x","data":'
+            + b'{"a":' * 1000
+            + b"1"
+            + b"}" * 1000
+            + b"}}",
+            "too_deep",
+        ),
         (b'{"source":{"type":"edge_device"},"event":{"category":"weather","type":"x"}}', "invalid_envelope"),
-        (b'{"source":{"type":"edge_device"},"observed_at":"last tuesday","event":{"category":"iot","type":"x"}}', "invalid_envelope"),
+        (
+            b'{"source":{"type":"edge_device"},"observed_at":"last tuesday",'
+            b'"event":{"category":"iot","type":"x"}}',
+            "invalid_envelope",
+        ),
     ]
     for n, (bad, _) in enumerate(garbage):
         mosquitto_pub(mosquitto, topic, message=good(n))
@@ -187,7 +257,9 @@ def test_garbage_is_dead_lettered_and_good_events_between_still_land(
             mosquitto_pub(mosquitto, topic, message=bad)
     mosquitto_pub(mosquitto, topic, message=good(99))
     mosquitto_pub(mosquitto, "ek/v1/bad+id/events".replace("+", "%"), message=good(100))
-    wait_for(lambda: db_rows(bridge.config.db_path, "SELECT count(*) FROM dead_letter")[0][0] == len(garbage) + 1)
+    wait_for(
+        lambda: db_rows(bridge.config.db_path, "SELECT count(*) FROM dead_letter")[0][0] == len(garbage) + 1
+    )
     assert bridge.count() == len(garbage) + 1
     codes = [r[0] for r in db_rows(bridge.config.db_path, "SELECT code FROM dead_letter ORDER BY id")]
     assert codes == [code for _, code in garbage] + ["bad_topic"]
@@ -205,14 +277,20 @@ def test_persistent_session_receives_what_was_published_while_away(
     bridge.stop()
     pub = paho_publisher(mosquitto)
     for i in range(300):
-        env = {"source": {"type": "edge_device"}, "event": {"category": "iot", "type": "motion", "data": {"i": i}}, "event_id": str(uuid.uuid4())}
+        env = {
+            "source": {"type": "edge_device"},
+            "event": {"category": "iot", "type": "motion", "data": {"i": i}},
+            "event_id": str(uuid.uuid4()),
+        }
         pub.publish("ek/v1/cam-2/events", orjson.dumps(env), qos=1).wait_for_publish(5)
     pub.loop_stop()
     again = start_bridge()
     wait_for(lambda: again.count() == 300)
 
 
-def test_mapped_foreign_topic_becomes_envelopes(mosquitto: Mosquitto, start_bridge: Callable[..., Bridge]) -> None:
+def test_mapped_foreign_topic_becomes_envelopes(
+    mosquitto: Mosquitto, start_bridge: Callable[..., Bridge]
+) -> None:
     bridge = start_bridge(
         mappings=[
             {
@@ -226,15 +304,31 @@ def test_mapped_foreign_topic_becomes_envelopes(mosquitto: Mosquitto, start_brid
             {"filter": "zigbee/+/temperature", "source_id": "{topic[1]}", "type": "sensor_reading"},
         ]
     )
-    frigate = {"type": "new", "after": {"id": "1700000000.5-abc", "camera": "gate", "label": "person", "top_score": 0.8, "start_time": 1700000000.5}}
+    frigate = {
+        "type": "new",
+        "after": {
+            "id": "1700000000.5-abc",
+            "camera": "gate",
+            "label": "person",
+            "top_score": 0.8,
+            "start_time": 1700000000.5,
+        },
+    }
     mosquitto_pub(mosquitto, "frigate/events", message=orjson.dumps(frigate))
     mosquitto_pub(mosquitto, "frigate/events", message=orjson.dumps(frigate))  # Frigate resends: deduplicated
     mosquitto_pub(mosquitto, "zigbee/greenhouse-1/temperature", message=b"21.5")
     mosquitto_pub(mosquitto, "frigate/events", message=b'{"type":"new"}')  # lacks after.camera
     wait_for(lambda: bridge.count() == 2 and bridge.metric("edgekite_events_duplicate_total") == 1)
-    rows = dict(db_rows(bridge.config.db_path, "SELECT source_id, type || ' ' || observed_at || ' ' || payload_json FROM events"))
+    rows = dict(
+        db_rows(
+            bridge.config.db_path,
+            "SELECT source_id, type || ' ' || observed_at || ' ' || payload_json FROM events",
+        )
+    )
     assert rows["frigate-gate"].startswith("person_detected 1700000000500 ")
-    assert rows["greenhouse-1"].startswith("sensor_reading ") and rows["greenhouse-1"].endswith('{"value":21.5}')
+    assert rows["greenhouse-1"].startswith("sensor_reading ") and rows["greenhouse-1"].endswith(
+        '{"value":21.5}'
+    )
     wait_for(lambda: db_rows(bridge.config.db_path, "SELECT code FROM dead_letter") == [("mapping_failed",)])
 
 
@@ -245,7 +339,17 @@ def test_writer_backpressure_bounds_memory(mosquitto: Mosquitto, start_bridge: C
     blocker.execute("BEGIN IMMEDIATE")  # hold the write lock: the writer cannot commit
     pub = paho_publisher(mosquitto)
     infos = [
-        pub.publish("ek/v1/cam-3/events", orjson.dumps({"event_id": str(uuid.uuid4()), "source": {"type": "edge_device"}, "event": {"category": "iot", "type": "m"}}), qos=1)
+        pub.publish(
+            "ek/v1/cam-3/events",
+            orjson.dumps(
+                {
+                    "event_id": str(uuid.uuid4()),
+                    "source": {"type": "edge_device"},
+                    "event": {"category": "iot", "type": "m"},
+                }
+            ),
+            qos=1,
+        )
         for _ in range(1000)
     ]
     peak = 0

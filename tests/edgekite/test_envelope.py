@@ -9,7 +9,14 @@ import pytest
 
 from edgekite.config import LimitsSection
 from edgekite.envelope import json_schema, parse_timestamp
-from edgekite.ingest import FLAG_SKEW_FUTURE, FLAG_SKEW_PAST, EventRow, Rejection, decode_message, envelope_to_row
+from edgekite.ingest import (
+    FLAG_SKEW_FUTURE,
+    FLAG_SKEW_PAST,
+    EventRow,
+    Rejection,
+    decode_message,
+    envelope_to_row,
+)
 
 NOW = 1_790_000_000_000  # 2026-09-21T14:13:20Z
 LIMITS = LimitsSection()
@@ -20,7 +27,12 @@ def full_envelope(**over: object) -> dict[str, object]:
         "event_id": "550e8400-e29b-41d4-a716-446655440000",
         "observed_at": "2026-09-21T14:13:19.500Z",
         "received_at": "2020-01-01T00:00:00Z",
-        "source": {"type": "edge_device", "id": "cam-barn-01", "version": "1.2.3", "metadata": {"site_id": "farm-17"}},
+        "source": {
+            "type": "edge_device",
+            "id": "cam-barn-01",
+            "version": "1.2.3",
+            "metadata": {"site_id": "farm-17"},
+        },
         "event": {
             "category": "iot",
             "type": "person_detected",
@@ -29,7 +41,9 @@ def full_envelope(**over: object) -> dict[str, object]:
             "data": {"camera_id": "barn", "confidence": 0.94, "bbox": {"x": 1, "y": 2, "w": 3, "h": 4}},
         },
         "correlation": {"correlation_id": "c-1", "session_id": "s-1", "incident_id": "i-1"},
-        "attachments": [{"kind": "thumbnail", "uri": "file:///media/a.jpg", "sha256": "ab" * 32, "size_bytes": 45000}],
+        "attachments": [
+            {"kind": "thumbnail", "uri": "file:///media/a.jpg", "sha256": "ab" * 32, "size_bytes": 45000}
+        ],
         "privacy": {"pii": True, "retention_class": "long"},
         "sync": {"synced": False, "source_seq": 12345},
     }
@@ -39,7 +53,12 @@ def full_envelope(**over: object) -> dict[str, object]:
 
 def to_row(obj: object, topic_source: str | None = "cam-barn-01", **kw: object) -> EventRow | Rejection:
     return envelope_to_row(
-        obj, topic_source_id=topic_source, received_at=NOW, limits=LIMITS, require_source_match=True, **kw  # type: ignore[arg-type]
+        obj,
+        topic_source_id=topic_source,
+        received_at=NOW,
+        limits=LIMITS,
+        require_source_match=True,
+        **kw,  # type: ignore[arg-type]
     )
 
 
@@ -52,7 +71,11 @@ def test_full_envelope_maps_to_every_column() -> None:
     assert (row.source_type, row.source_id, row.source_seq) == ("edge_device", "cam-barn-01", 12345)
     assert (row.category, row.type, row.severity) == ("iot", "person_detected", "warn")
     assert row.correlation_id == "c-1"
-    assert orjson.loads(row.payload_json) == {"camera_id": "barn", "confidence": 0.94, "bbox": {"x": 1, "y": 2, "w": 3, "h": 4}}
+    assert orjson.loads(row.payload_json) == {
+        "camera_id": "barn",
+        "confidence": 0.94,
+        "bbox": {"x": 1, "y": 2, "w": 3, "h": 4},
+    }
     assert orjson.loads(row.attachments_json or "") == [
         {"kind": "thumbnail", "uri": "file:///media/a.jpg", "sha256": "ab" * 32, "size_bytes": 45000}
     ]
@@ -187,7 +210,12 @@ def test_deep_nesting_is_refused_without_recursion_error(depth: int) -> None:
 
 
 def test_sizes_are_bounded() -> None:
-    big = decode_message(b"[" + b" " * (LIMITS.max_message_bytes + 1) + b"]", topic_source_id="s", received_at=NOW, limits=LIMITS)
+    big = decode_message(
+        b"[" + b" " * (LIMITS.max_message_bytes + 1) + b"]",
+        topic_source_id="s",
+        received_at=NOW,
+        limits=LIMITS,
+    )
     assert [r.code for r in big.rejections] == ["too_large"]
     long_string = full_envelope(event={"category": "iot", "type": "x", "data": {"note": "x" * 10_000}})
     wide = full_envelope(event={"category": "iot", "type": "x", "data": {f"k{i}": i for i in range(300)}})
@@ -206,7 +234,7 @@ def test_array_message_keeps_the_good_and_names_the_bad() -> None:
         limits=LIMITS,
     )
     assert len(decoded.events) == 2
-    assert [(r.code, r.index) for r in decoded.rejections] == [("invalid_envelope", 1)]
+    assert [(r.code, r.position) for r in decoded.rejections] == [("invalid_envelope", 1)]
     assert orjson.loads(decoded.rejections[0].raw)["event"]["category"] == "nope"
 
 
@@ -237,4 +265,10 @@ def test_json_schema_covers_the_envelope() -> None:
     assert set(schema["required"]) == {"source", "event"}
     for part in ("Source", "EventBody", "Attachment", "Privacy", "Correlation", "Sync"):
         assert part in schema["$defs"]
-    assert schema["$defs"]["EventBody"]["properties"]["category"]["enum"] == ["web", "iot", "app", "ops", "security"]
+    assert schema["$defs"]["EventBody"]["properties"]["category"]["enum"] == [
+        "web",
+        "iot",
+        "app",
+        "ops",
+        "security",
+    ]

@@ -40,10 +40,14 @@ def envelope(source: str = "cam-1", etype: str = "person_detected", **over: obje
     return env
 
 
-def item_for(store: EdgeStore, cfg: EdgeConfig, payload: bytes, source: str = "cam-1", dup: bool = False) -> WriteItem:
+def item_for(
+    store: EdgeStore, cfg: EdgeConfig, payload: bytes, source: str = "cam-1", dup: bool = False
+) -> WriteItem:
     decoded = decode_message(payload, topic_source_id=source, received_at=store.now_ms(), limits=cfg.limits)
     fp = message_fingerprint(f"ek/v1/{source}/events", payload) if decoded.ids_generated else None
-    return WriteItem(decoded, "mqtt", f"ek/v1/{source}/events", redelivery=dup, fingerprint=fp, size=len(payload))
+    return WriteItem(
+        decoded, "mqtt", f"ek/v1/{source}/events", redelivery=dup, fingerprint=fp, size=len(payload)
+    )
 
 
 def submit_wait(store: EdgeStore, item: WriteItem, timeout: float = 10) -> IngestResult:
@@ -66,7 +70,9 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def open_store(make_config: Callable[..., EdgeConfig], clock: Clock) -> Iterator[Callable[..., tuple[EdgeStore, EdgeConfig, EdgeMetrics]]]:
+def open_store(
+    make_config: Callable[..., EdgeConfig], clock: Clock
+) -> Iterator[Callable[..., tuple[EdgeStore, EdgeConfig, EdgeMetrics]]]:
     stores: list[EdgeStore] = []
 
     def factory(**sections: object) -> tuple[EdgeStore, EdgeConfig, EdgeMetrics]:
@@ -86,7 +92,9 @@ def metric(metrics: EdgeMetrics, name: str, **labels: str) -> float:
     return 0.0 if value is None else value
 
 
-def test_migrations_set_user_version_and_refuse_newer(tmp_path: Path, make_config: Callable[..., EdgeConfig]) -> None:
+def test_migrations_set_user_version_and_refuse_newer(
+    tmp_path: Path, make_config: Callable[..., EdgeConfig]
+) -> None:
     cfg = make_config()
     conn = connect(tmp_path / "x.db", cfg.store)
     assert migrate(conn) == SCHEMA_VERSION
@@ -98,14 +106,21 @@ def test_migrations_set_user_version_and_refuse_newer(tmp_path: Path, make_confi
         migrate(conn)
 
 
-def test_commit_stores_rows_rollups_and_source_state(open_store: Callable[..., tuple[EdgeStore, EdgeConfig, EdgeMetrics]]) -> None:
+def test_commit_stores_rows_rollups_and_source_state(
+    open_store: Callable[..., tuple[EdgeStore, EdgeConfig, EdgeMetrics]],
+) -> None:
     store, cfg, metrics = open_store()
-    envs = [envelope() for _ in range(5)] + [envelope(etype="heartbeat", event={"category": "ops", "type": "heartbeat"})]
+    envs = [envelope() for _ in range(5)] + [
+        envelope(etype="heartbeat", event={"category": "ops", "type": "heartbeat"})
+    ]
     result = submit_wait(store, item_for(store, cfg, orjson.dumps(envs)))
     assert (result.committed, result.accepted, result.duplicates, result.rejected) == (True, 6, 0, [])
     db = cfg.db_path
     assert db_rows(db, "SELECT count(*) FROM events")[0][0] == 6
-    assert sorted(db_rows(db, "SELECT type, count FROM hourly_counts")) == [("heartbeat", 1), ("person_detected", 5)]
+    assert sorted(db_rows(db, "SELECT type, count FROM hourly_counts")) == [
+        ("heartbeat", 1),
+        ("person_detected", 5),
+    ]
     (src,) = db_rows(db, "SELECT source_id, source_type, last_seq, events, last_heartbeat FROM sources")
     assert src[:4] == ("cam-1", "edge_device", 6, 6)
     assert src[4] is not None
@@ -113,7 +128,9 @@ def test_commit_stores_rows_rollups_and_source_state(open_store: Callable[..., t
     assert metric(metrics, "edgekite_events_stored_total") == 6
 
 
-def test_replayed_event_ids_are_counted_no_ops(open_store: Callable[..., tuple[EdgeStore, EdgeConfig, EdgeMetrics]]) -> None:
+def test_replayed_event_ids_are_counted_no_ops(
+    open_store: Callable[..., tuple[EdgeStore, EdgeConfig, EdgeMetrics]],
+) -> None:
     store, cfg, metrics = open_store()
     envs = [envelope() for _ in range(10)]
     first = submit_wait(store, item_for(store, cfg, orjson.dumps(envs)))
@@ -123,14 +140,20 @@ def test_replayed_event_ids_are_counted_no_ops(open_store: Callable[..., tuple[E
     assert (first.accepted, first.duplicates) == (10, 0)
     assert (again.accepted, again.duplicates) == (2, 4)
     assert db_rows(cfg.db_path, "SELECT count(*) FROM events")[0][0] == 12
-    assert db_rows(cfg.db_path, "SELECT sum(count) FROM hourly_counts")[0][0] == 12, "rollups count each event once"
+    assert db_rows(cfg.db_path, "SELECT sum(count) FROM hourly_counts")[0][0] == 12, (
+        "rollups count each event once"
+    )
     assert db_rows(cfg.db_path, "SELECT events, last_seq FROM sources")[0] == (12, 12)
     assert metric(metrics, "edgekite_events_duplicate_total") == 4
 
 
-def test_redelivered_idless_message_is_not_stored_twice(open_store: Callable[..., tuple[EdgeStore, EdgeConfig, EdgeMetrics]]) -> None:
+def test_redelivered_idless_message_is_not_stored_twice(
+    open_store: Callable[..., tuple[EdgeStore, EdgeConfig, EdgeMetrics]],
+) -> None:
     store, cfg, _ = open_store()
-    minimal = orjson.dumps({"source": {"type": "edge_device"}, "event": {"category": "iot", "type": "motion"}})
+    minimal = orjson.dumps(
+        {"source": {"type": "edge_device"}, "event": {"category": "iot", "type": "motion"}}
+    )
     first = submit_wait(store, item_for(store, cfg, minimal))
     redelivered = submit_wait(store, item_for(store, cfg, minimal, dup=True))
     repeated_on_purpose = submit_wait(store, item_for(store, cfg, minimal, dup=False))
@@ -147,7 +170,9 @@ def test_rejections_are_dead_lettered_with_reason_and_bounded_payload(
     r2 = submit_wait(store, item_for(store, cfg, orjson.dumps([envelope(), {"event": 5}])))
     assert (r1.accepted, [r.code for r in r1.rejected]) == (0, ["invalid_json"])
     assert (r2.accepted, [r.code for r in r2.rejected]) == (1, ["invalid_envelope"])
-    rows = db_rows(cfg.db_path, "SELECT code, reason, length(payload), payload_bytes, topic FROM dead_letter ORDER BY id")
+    rows = db_rows(
+        cfg.db_path, "SELECT code, reason, length(payload), payload_bytes, topic FROM dead_letter ORDER BY id"
+    )
     assert rows[0][0] == "invalid_json" and rows[0][2:4] == (100, len(garbage))
     assert rows[1][0] == "invalid_envelope" and rows[1][1].startswith("[1] ")
     assert rows[1][4] == "ek/v1/cam-1/events"
@@ -155,7 +180,9 @@ def test_rejections_are_dead_lettered_with_reason_and_bounded_payload(
     assert metric(metrics, "edgekite_events_rejected_total", reason="invalid_envelope") == 1
 
 
-def test_close_drains_everything_queued(open_store: Callable[..., tuple[EdgeStore, EdgeConfig, EdgeMetrics]]) -> None:
+def test_close_drains_everything_queued(
+    open_store: Callable[..., tuple[EdgeStore, EdgeConfig, EdgeMetrics]],
+) -> None:
     store, cfg, _ = open_store()
     results: list[IngestResult] = []
     for _ in range(300):
@@ -167,7 +194,9 @@ def test_close_drains_everything_queued(open_store: Callable[..., tuple[EdgeStor
     assert db_rows(cfg.db_path, "SELECT count(*) FROM events")[0][0] == 3000
 
 
-def test_full_queue_blocks_the_producer(open_store: Callable[..., tuple[EdgeStore, EdgeConfig, EdgeMetrics]]) -> None:
+def test_full_queue_blocks_the_producer(
+    open_store: Callable[..., tuple[EdgeStore, EdgeConfig, EdgeMetrics]],
+) -> None:
     store, cfg, _ = open_store(store={"queue_max_messages": 10})
     payload = orjson.dumps(envelope())
     # Hold the writer inside a transaction-free wait: fill faster than it can possibly drain.
@@ -182,27 +211,42 @@ def test_full_queue_blocks_the_producer(open_store: Callable[..., tuple[EdgeStor
 def test_retention_deletes_expired_rows_per_class(
     open_store: Callable[..., tuple[EdgeStore, EdgeConfig, EdgeMetrics]], clock: Clock
 ) -> None:
-    store, cfg, metrics = open_store(retention={"short_days": 1, "standard_days": 3, "long_days": 10, "interval_secs": 0.05})
+    store, cfg, metrics = open_store(
+        retention={"short_days": 1, "standard_days": 3, "long_days": 10, "interval_secs": 0.05}
+    )
     day = 86_400.0
     batches = {}
     for age_days in (5, 2, 0):  # written at now-5d, now-2d, now
         clock.t = 1_790_000_000.0 - age_days * day
-        envs = [envelope(privacy={"retention_class": c}) for c in ("short", "standard", "long") for _ in range(4)]
+        envs = [
+            envelope(privacy={"retention_class": c}) for c in ("short", "standard", "long") for _ in range(4)
+        ]
         submit_wait(store, item_for(store, cfg, orjson.dumps(envs)))
         batches[age_days] = envs
     clock.t = 1_790_000_000.0
+
     def remaining() -> list[tuple[str, int]]:
         return db_rows(cfg.db_path, "SELECT retention_class, count(*) FROM events GROUP BY 1 ORDER BY 1")
+
     deadline = time.monotonic() + 10
     want = [("long", 12), ("short", 4), ("standard", 8)]
     while remaining() != want and time.monotonic() < deadline:
         time.sleep(0.05)
     assert remaining() == want
-    kept_ids = {r[0] for r in db_rows(cfg.db_path, "SELECT event_id FROM events WHERE retention_class='standard'")}
-    expected = {uuid.UUID(str(e["event_id"])).bytes for age in (2, 0) for e in batches[age] if e["privacy"] == {"retention_class": "standard"}}
+    kept_ids = {
+        r[0] for r in db_rows(cfg.db_path, "SELECT event_id FROM events WHERE retention_class='standard'")
+    }
+    expected = {
+        uuid.UUID(str(e["event_id"])).bytes
+        for age in (2, 0)
+        for e in batches[age]
+        if e["privacy"] == {"retention_class": "standard"}
+    }
     assert kept_ids == expected, "standard rows of 2 days ago stay, those of 5 days ago go"
     assert metric(metrics, "edgekite_retention_deleted_total", reason="age") == 12
-    assert db_rows(cfg.db_path, "SELECT sum(count) FROM hourly_counts")[0][0] == 36, "rollups outlive raw rows"
+    assert db_rows(cfg.db_path, "SELECT sum(count) FROM hourly_counts")[0][0] == 36, (
+        "rollups outlive raw rows"
+    )
 
 
 def test_rowid_search_finds_the_age_boundary(
@@ -221,12 +265,19 @@ def test_rowid_search_finds_the_age_boundary(
     conn.close()
 
 
-def test_size_cap_deletes_oldest_first(open_store: Callable[..., tuple[EdgeStore, EdgeConfig, EdgeMetrics]]) -> None:
+def test_size_cap_deletes_oldest_first(
+    open_store: Callable[..., tuple[EdgeStore, EdgeConfig, EdgeMetrics]],
+) -> None:
     cap = 1024**2
-    store, cfg, metrics = open_store(retention={"max_db_bytes": cap, "interval_secs": 0.05, "chunk_rows": 200})
+    store, cfg, metrics = open_store(
+        retention={"max_db_bytes": cap, "interval_secs": 0.05, "chunk_rows": 200}
+    )
     first_ids = []
     for i in range(60):
-        envs = [envelope(event={"category": "iot", "type": "reading", "data": {"blob": "y" * 900, "i": i}}) for _ in range(50)]
+        envs = [
+            envelope(event={"category": "iot", "type": "reading", "data": {"blob": "y" * 900, "i": i}})
+            for _ in range(50)
+        ]
         if i == 0:
             first_ids = [uuid.UUID(str(e["event_id"])).bytes for e in envs]
         submit_wait(store, item_for(store, cfg, orjson.dumps(envs)))
@@ -240,7 +291,12 @@ def test_size_cap_deletes_oldest_first(open_store: Callable[..., tuple[EdgeStore
     newest = db_rows(cfg.db_path, "SELECT max(json_extract(payload_json, '$.i')) FROM events")[0][0]
     assert newest == 59, "the newest events are kept"
     marks = ",".join("?" * len(first_ids))
-    assert db_rows(cfg.db_path, f"SELECT count(*) FROM events WHERE event_id IN ({marks})", tuple(first_ids))[0][0] == 0
+    assert (
+        db_rows(cfg.db_path, f"SELECT count(*) FROM events WHERE event_id IN ({marks})", tuple(first_ids))[0][
+            0
+        ]
+        == 0
+    )
     assert metric(metrics, "edgekite_retention_deleted_total", reason="size_cap") == 3000 - remaining
     conn.close()
 
@@ -264,7 +320,10 @@ def test_wal_stays_bounded_under_sustained_load_with_a_reader(
     peak = 0
     try:
         for _ in range(150):
-            envs = [envelope(event={"category": "iot", "type": "r", "data": {"pad": "p" * 300}}) for _ in range(100)]
+            envs = [
+                envelope(event={"category": "iot", "type": "r", "data": {"pad": "p" * 300}})
+                for _ in range(100)
+            ]
             submit_wait(store, item_for(store, cfg, orjson.dumps(envs)))
             peak = max(peak, wal_bytes(cfg.db_path))
     finally:
