@@ -53,6 +53,8 @@ import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from edgekite.topics import events_topic
+
 logger = logging.getLogger(__name__)
 
 Envelope = dict[str, Any]
@@ -78,15 +80,6 @@ MIX_WEIGHTS: dict[str, int] = {
 
 DETECTION_LABELS: dict[str, int] = {"person": 50, "vehicle": 30, "animal": 20}
 ERROR_SEVERITIES: dict[str, int] = {"warn": 25, "error": 65, "critical": 10}
-
-
-def events_topic(source_id: str) -> str:
-    """The topic a source publishes its envelopes on.
-
-    Kept here only until the shared topic module exists: DESIGN.md wants one topic scheme in one
-    module, and this function should then be imported from there instead.
-    """
-    return f"ek/v1/{source_id}/events"
 
 
 def now_epoch_ms() -> int:
@@ -824,7 +817,8 @@ class PublishReport:
     ``sent`` and ``acked`` count envelopes (not MQTT messages). ``seconds`` is the publishing
     time, from the first message after connecting (after all workers connected, with several
     processes) until the last acknowledgement; ``rate`` is acknowledged envelopes per second.
-    At QoS 0 "acked" means written to the socket, the only signal there is.
+    At QoS 0 "acked" means written to the socket, the only signal there is. ``interrupted``:
+    stopped early by Ctrl-C; ``stalled``: stopped early because the broker stopped acknowledging.
     """
 
     sent: int
@@ -834,6 +828,7 @@ class PublishReport:
     processes: int = 1
     qos: int = 1
     interrupted: bool = False
+    stalled: bool = False
 
     @property
     def rate(self) -> float:
@@ -845,7 +840,8 @@ class PublishReport:
         text = (f"sent={self.sent} acked={self.acked} messages={self.messages} "
                 f"seconds={self.seconds:.2f} rate={self.rate:.0f}/s qos={self.qos} "
                 f"processes={self.processes}")
-        return text + (" interrupted" if self.interrupted else "")
+        return (text + (" interrupted" if self.interrupted else "")
+                + (" stalled" if self.stalled else ""))
 
     @classmethod
     def combine(cls, reports: Sequence[PublishReport]) -> PublishReport:
@@ -856,6 +852,7 @@ class PublishReport:
             seconds=max((r.seconds for r in reports), default=0.0), processes=len(reports),
             qos=reports[0].qos if reports else 1,
             interrupted=any(r.interrupted for r in reports),
+            stalled=any(r.stalled for r in reports),
         )
 
 
@@ -914,8 +911,11 @@ class _Publisher:
         window: int = 1000,
         username: str | None = None,
         password: str | None = None,
+        stall_secs: float = 60.0,
     ) -> None:
         self.broker = broker
+        self.stall_secs = stall_secs
+        self.stalled = False
         self.qos = qos
         self.window = window
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
@@ -989,13 +989,27 @@ class _Publisher:
 
     def send(self, topic: str, payload: bytes, envelopes: int,
              stop: Callable[[], bool] | None = None) -> bool:
-        """Publish one message once a window slot is free; False if stopped while waiting."""
+        """Publish one message once a window slot is free.
+
+        Returns False, without publishing, if stopped while waiting or if the broker has
+        acknowledged nothing for ``stall_secs``: paho reconnects forever on its own, so without
+        this a dead broker would hang a finite run instead of ending it with a report.
+        """
+        if self.stalled:
+            return False
         waited = 0.0
-        while not self._slots.acquire(timeout=1.0):
-            waited += 1.0
+        step = min(1.0, self.stall_secs)
+        while not self._slots.acquire(timeout=step):
+            waited += step
             if stop is not None and stop():
                 return False
-            if waited % 10 == 0:
+            if waited >= self.stall_secs:
+                logger.error("no acknowledgement from %s:%d for %.0f s with %d messages in "
+                             "flight; giving up", self.broker.host, self.broker.port, waited,
+                             len(self._pending))
+                self.stalled = True
+                return False
+            if waited % 10 < step:
                 logger.warning("no acknowledgement from the broker for %.0f s "
                                "(%d messages in flight)", waited, len(self._pending))
         info = self.client.publish(topic, payload, qos=self.qos)
@@ -1050,6 +1064,7 @@ class _Job:
     password: str | None
     client_id: str
     window: int
+    stall_secs: float = 60.0
     linger_secs: float = 1.0
     drain_secs: float = 30.0
     progress_secs: float = 5.0
@@ -1060,7 +1075,7 @@ def _run_job(job: _Job, stop: Callable[[], bool],
     """Generate and publish one worker's share; the single place the hot loop lives."""
     gen = TrafficGenerator(seed=job.seed, sites=job.sites, site_offset=job.site_offset)
     pub = _Publisher(job.broker, client_id=job.client_id, qos=job.qos, window=job.window,
-                     username=job.username, password=job.password)
+                     username=job.username, password=job.password, stall_secs=job.stall_secs)
     pub.connect()
     interrupted = False
     try:
@@ -1072,19 +1087,31 @@ def _run_job(job: _Job, stop: Callable[[], bool],
         topics: dict[str, str] = {}
         started = time.monotonic()
         next_progress = started + job.progress_secs
-        next_linger_check = started + job.linger_secs / 4
+        # Housekeeping (stop flag, lingering batches, progress) runs on a clock, not every N
+        # events, so it stays timely at 5 events/s and costs nothing at 20,000 events/s.
+        next_tick = started
         produced = 0
 
-        def flush(source_id: str) -> None:
+        def flush(source_id: str) -> bool:
             envs = buffers.pop(source_id)
             first_at.pop(source_id, None)
-            pub.send(topics[source_id], encode_events(envs), len(envs))
+            return pub.send(topics[source_id], encode_events(envs), len(envs), stop)
 
         try:
             while job.count == 0 or produced < job.count:
-                if produced & 255 == 0 and stop():
-                    interrupted = True
-                    break
+                now = time.monotonic()
+                if now >= next_tick:
+                    next_tick = now + 0.1
+                    if stop():
+                        interrupted = True
+                        break
+                    # Quiet sources must not sit on a partial batch for long.
+                    for sid in [s for s, t in first_at.items() if now - t >= job.linger_secs]:
+                        flush(sid)
+                    if now >= next_progress:
+                        next_progress = now + job.progress_secs
+                        logger.info("%s: sent %d, acked %d, %.0f events/s", job.client_id,
+                                    pub.sent, pub.acked, pub.sent / (now - started))
                 bucket.take()
                 source_id, env = gen.next_event()
                 produced += 1
@@ -1099,32 +1126,26 @@ def _run_job(job: _Job, stop: Callable[[], bool],
                     buf = buffers.get(source_id)
                     if buf is None:
                         buf = buffers[source_id] = []
-                        first_at[source_id] = time.monotonic()
+                        first_at[source_id] = now
                     buf.append(env)
-                    if len(buf) >= job.batch:
-                        flush(source_id)
-                if produced & 63 == 0:
-                    now = time.monotonic()
-                    if buffers and now >= next_linger_check:
-                        # Quiet sources must not sit on events for long when paced slowly.
-                        next_linger_check = now + job.linger_secs / 4
-                        for sid in [s for s, t in first_at.items()
-                                    if now - t >= job.linger_secs]:
-                            flush(sid)
-                    if now >= next_progress:
-                        next_progress = now + job.progress_secs
-                        logger.info("%s: sent %d, acked %d, %.0f events/s", job.client_id,
-                                    pub.sent, pub.acked, pub.sent / (now - started))
+                    if len(buf) >= job.batch and not flush(source_id):
+                        interrupted = True
+                        break
         except KeyboardInterrupt:
             interrupted = True
-        for sid in list(buffers):
-            flush(sid)
-        pub.drain(job.drain_secs)
+        try:
+            for sid in list(buffers):
+                if not flush(sid):
+                    break
+            pub.drain(0.0 if pub.stalled else job.drain_secs)
+        except KeyboardInterrupt:  # a second Ctrl-C: stop waiting for acknowledgements
+            interrupted = True
         seconds = time.monotonic() - started
     finally:
         pub.close()
     return PublishReport(sent=pub.sent, acked=pub.acked, messages=pub.messages,
-                         seconds=seconds, qos=job.qos, interrupted=interrupted)
+                         seconds=seconds, qos=job.qos, interrupted=interrupted and not pub.stalled,
+                         stalled=pub.stalled)
 
 
 def _worker_main(job: _Job, stop: EventType, barrier: BarrierType,
@@ -1175,6 +1196,7 @@ def publish(
     client_id_prefix: str = "edgekite-sim",
     sites: int = 2,
     window: int = 1000,
+    stall_secs: float = 60.0,
 ) -> PublishReport:
     """Publish ``count`` simulated envelopes to ``ek/v1/<source_id>/events``.
 
@@ -1198,6 +1220,8 @@ def publish(
             two simulators never take over each other's session.
         sites: sites simulated per process.
         window: maximum unacknowledged messages per process (paho's in-flight limit).
+        stall_secs: give up (and report what was acknowledged) when the broker acknowledges
+            nothing for this long; paho alone would retry a dead broker forever.
 
     Returns:
         The combined :class:`PublishReport`.
@@ -1212,6 +1236,8 @@ def publish(
         raise PublishError("qos must be 0, 1 or 2")
     if batch < 1 or processes < 1 or sites < 1 or window < 1:
         raise PublishError("batch, processes, sites and window must be >= 1")
+    if stall_secs <= 0:
+        raise PublishError("stall_secs must be > 0")
     if count:
         processes = min(processes, count)
     run_id = os.urandom(3).hex()
@@ -1220,7 +1246,8 @@ def publish(
         _Job(broker=broker, rate=rate / processes if rate > 0 else 0.0, count=counts[i],
              seed=seed + i * 1_000_003, qos=qos, batch=batch, sites=sites,
              site_offset=i * sites, username=username, password=password,
-             client_id=f"{client_id_prefix}-{i}-{run_id}", window=window)
+             client_id=f"{client_id_prefix}-{i}-{run_id}", window=window,
+             stall_secs=stall_secs)
         for i in range(processes)
     ]
     logger.info("publishing %s envelopes to %s:%d at %s with %d process(es), qos %d, batch %d",
@@ -1233,7 +1260,13 @@ def publish(
 
 
 def _publish_parallel(jobs: list[_Job]) -> PublishReport:
-    """Run jobs in spawned processes (spawn: no inherited paho threads or sockets)."""
+    """Run jobs in spawned processes.
+
+    Spawn rather than fork: the caller may already run threads (a test's subscriber, an
+    application's paho loop), and forking a threaded process can copy a held lock into the child.
+    The price is spawn's rule that the program's main module must be import-safe (guarded by
+    ``if __name__ == "__main__"``), as console-script entry points are.
+    """
     ctx = multiprocessing.get_context("spawn")
     stop = ctx.Event()
     barrier = ctx.Barrier(len(jobs))
@@ -1256,7 +1289,9 @@ def _publish_parallel(jobs: list[_Job]) -> PublishReport:
                 continue
             except queue.Empty:
                 if not any(p.is_alive() for p in procs) and results.empty():
-                    errors.append("a publisher process died without a report")
+                    codes = ", ".join(f"{p.name} exit code {p.exitcode}" for p in procs)
+                    errors.append(f"publisher processes ended without a report ({codes}); "
+                                  "is the entry point guarded by if __name__ == '__main__'?")
                     break
                 continue
             if isinstance(outcome, str):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import itertools
 import re
 import shutil
@@ -269,9 +270,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def mosquitto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A private Mosquitto on a free localhost port, for this module only."""
+@contextlib.contextmanager
+def _mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private Mosquitto on a free localhost port; yields its URL, stops it on exit."""
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     port = _free_port()
     conf = tmp_path_factory.mktemp("mosquitto") / "mosquitto.conf"
@@ -281,24 +282,33 @@ def mosquitto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                     "max_queued_messages 100000\n")
     proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                _, err = proc.communicate()
-                pytest.fail(f"mosquitto did not start: {err.decode(errors='replace')}")
-            time.sleep(0.02)
-    yield f"mqtt://127.0.0.1:{port}"
-    proc.terminate()
     try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    proc.kill()
+                    _, err = proc.communicate()
+                    pytest.fail(f"mosquitto did not start: {err.decode(errors='replace')}")
+                time.sleep(0.02)
+        yield f"mqtt://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def mosquitto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One private Mosquitto shared by this module's publishing tests."""
+    with _mosquitto(tmp_path_factory) as url:
+        yield url
 
 
 @dataclass
@@ -418,3 +428,29 @@ def test_cli_arguments_run_and_print_one_line(mosquitto_url: str, collector: Col
     assert len(lines) == 1
     assert lines[0].startswith("sent=40 acked=40 ")
     _check_arrivals(collector, 40)
+
+
+def test_dead_broker_ends_the_run_with_a_report(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """paho retries a vanished broker forever; the simulator must give up and say so."""
+    with _mosquitto(tmp_path_factory) as url:
+        done: list[Any] = []
+        worker = threading.Thread(
+            target=lambda: done.append(publish(url, rate=2000, count=0, window=50,
+                                               stall_secs=1.0)),
+            daemon=True)
+        worker.start()
+        time.sleep(0.5)
+    worker.join(timeout=10)
+    assert not worker.is_alive(), "publish hung after the broker died"
+    report = done[0]
+    assert report.stalled
+    assert 0 < report.acked < report.sent
+
+
+def test_slow_sources_do_not_sit_on_a_partial_batch(mosquitto_url: str,
+                                                    collector: Collector) -> None:
+    # 40 events over ~2 s can never fill a batch of 1,000: only the linger flush (after ~1 s)
+    # can make a source send more than one message before the final flush.
+    report = publish(mosquitto_url, rate=20, count=40, seed=15, batch=1000)
+    arrived = _check_arrivals(collector, 40)
+    assert report.messages > len({env["source"]["id"] for _, env in arrived})
