@@ -132,6 +132,10 @@ class StoreSection(_Section):
     )
     wal_max_bytes: int = Field(64 * 1024**2, ge=1024**2, description="WAL is checkpointed back under this.")
     cache_mb: int = Field(16, ge=1)
+    compress: bool = Field(True, description="zstd-compress JSON columns with a dictionary trained here.")
+    compress_train_events: int = Field(
+        5000, ge=100, description="Events stored before the dictionary is trained from them."
+    )
     fingerprint_hours: float = Field(
         24, gt=0, description="How long redelivery fingerprints of id-less messages are kept."
     )

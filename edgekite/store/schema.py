@@ -27,11 +27,11 @@ MIGRATIONS: tuple[str, ...] = (
         type             TEXT NOT NULL,
         severity         TEXT NOT NULL DEFAULT 'info',
         correlation_id   TEXT,
-        payload_json     TEXT NOT NULL,              -- event.data
-        attachments_json TEXT,
+        payload_json     TEXT NOT NULL,              -- event.data (TEXT, or zstd BLOB: ek_json())
+        attachments_json TEXT,                       -- likewise
         pii              INTEGER NOT NULL DEFAULT 0,
         retention_class  TEXT NOT NULL DEFAULT 'standard',
-        meta_json        TEXT,                       -- the rest of the envelope, when present
+        meta_json        TEXT,                       -- the rest of the envelope, likewise
         flags            INTEGER NOT NULL DEFAULT 0, -- 1 clock ahead, 2 clock far behind
         synced           INTEGER NOT NULL DEFAULT 0
     );
@@ -78,6 +78,14 @@ MIGRATIONS: tuple[str, ...] = (
 
     -- Redelivery fingerprints of messages holding id-less envelopes: an MQTT redelivery
     -- (DUP=1) after a crash between commit and PUBACK must not mint fresh ids twice.
+    -- zstd dictionaries trained on this edge's payloads; JSON columns that are BLOBs name one.
+    CREATE TABLE zstd_dicts (
+        id         INTEGER PRIMARY KEY,
+        dict       BLOB NOT NULL,
+        trained_at INTEGER NOT NULL,
+        samples    INTEGER NOT NULL
+    );
+
     CREATE TABLE fingerprints (
         fp          BLOB PRIMARY KEY,
         received_at INTEGER NOT NULL

@@ -19,10 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import zstandard
+
 from edgekite.config import EdgeConfig
 from edgekite.ingest import FLAG_SKEW_FUTURE, FLAG_SKEW_PAST, Decoded, EventRow, Rejection
 from edgekite.metrics import EdgeMetrics
 from edgekite.store import maintenance
+from edgekite.store.codec import PayloadCodec
 from edgekite.store.queue import BoundedQueue, QueueClosedError
 from edgekite.store.schema import connect, migrate
 
@@ -105,6 +108,8 @@ class EdgeStore:
         self._last_seq: dict[str, int] = {}
         self._retention = maintenance.RetentionState()
         self._stopping = threading.Event()
+        self.codec = PayloadCodec()
+        self._rows_written = 0
         self.last_commit_ms: int | None = None
         self.last_error: str | None = None
 
@@ -113,6 +118,8 @@ class EdgeStore:
         conn = connect(self._cfg.db_path, self._cfg.store)
         migrate(conn)
         self._last_seq = dict(conn.execute("SELECT source_id, last_seq FROM sources").fetchall())
+        self.codec.load(conn)
+        self._rows_written = int(conn.execute("SELECT coalesce(max(rowid), 0) FROM events").fetchone()[0])
         self._conn = conn
         self._thread = threading.Thread(target=self._run, name="edgekite-writer", daemon=True)
         self._thread.start()
@@ -268,6 +275,7 @@ class EdgeStore:
             raise
         self._last_seq.update(seq_updates)
         self.last_commit_ms = now_ms
+        self._maybe_train(conn, len(new_rows))
         self._record_metrics(batch, results, new_rows, time.perf_counter() - t0)
         return results
 
@@ -280,7 +288,7 @@ class EdgeStore:
         rows, seq_updates = self._assign_seqs([row for _, row in candidates])
         before = conn.total_changes
         conn.execute("SAVEPOINT events_insert")
-        conn.executemany(_INSERT_EVENT, rows)
+        conn.executemany(_INSERT_EVENT, self._encoded(rows))
         if conn.total_changes - before == len(rows):
             conn.execute("RELEASE events_insert")
             for i, _ in candidates:
@@ -306,8 +314,61 @@ class EdgeStore:
                 fresh.append((i, row))
                 results[i].accepted += 1
         rows, seq_updates = self._assign_seqs([row for _, row in fresh])
-        conn.executemany(_INSERT_EVENT, rows)
+        conn.executemany(_INSERT_EVENT, self._encoded(rows))
         return rows, seq_updates
+
+    def _encoded(self, rows: list[EventRow]) -> list[tuple[Any, ...]]:
+        """Rows as stored: JSON columns compressed once a dictionary exists."""
+        enc = self.codec.encode
+        if self.codec.active_dict_id is None:
+            return rows  # type: ignore[return-value]
+        return [
+            (
+                *r[:10],
+                enc(r.payload_json),
+                enc(r.attachments_json),
+                r.pii,
+                r.retention_class,
+                enc(r.meta_json),
+                r.flags,
+            )
+            for r in rows
+        ]
+
+    def _maybe_train(self, conn: sqlite3.Connection, new_rows: int) -> None:
+        """Train the compression dictionary once enough of this edge's own events exist."""
+        self._rows_written += new_rows
+        cfg = self._cfg.store
+        if (
+            not cfg.compress
+            or self.codec.active_dict_id is not None
+            or self._rows_written < cfg.compress_train_events
+        ):
+            return
+        t0 = time.perf_counter()
+        samples: list[bytes] = []
+        query = (
+            "SELECT payload_json, attachments_json, meta_json FROM events "
+            "WHERE typeof(payload_json) = 'text' ORDER BY rowid DESC LIMIT ?"
+        )
+        for payload, attachments, meta in conn.execute(query, (cfg.compress_train_events,)):
+            samples.extend(v.encode() for v in (payload, attachments, meta) if isinstance(v, str) and v)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            dict_id = self.codec.train(conn, samples, self.now_ms())
+            conn.execute("COMMIT")
+        except (zstandard.ZstdError, ValueError, sqlite3.Error) as exc:  # too few/uniform samples: later
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            log.warning("could not train the payload dictionary yet: %s", exc)
+            self._rows_written = 0
+            return
+        log.info(
+            "trained zstd dictionary %d from %d payload samples in %.0f ms; new rows are compressed",
+            dict_id,
+            len(samples),
+            (time.perf_counter() - t0) * 1000,
+        )
 
     def _assign_seqs(self, rows: list[EventRow]) -> tuple[list[EventRow], dict[str, int]]:
         """Fill in source_seq where the producer sent none; track each source's high mark."""

@@ -99,7 +99,7 @@ def test_kill9_during_load_loses_nothing_and_stores_nothing_twice(
     time.sleep(1.0)  # any straggling redelivery would show up as an extra row now
     assert edge.terminate() == 0, "SIGTERM drains and exits cleanly"
 
-    rows = db_rows(edge.db_path, "SELECT event_id, json_extract(payload_json, '$.n') FROM events")
+    rows = db_rows(edge.db_path, "SELECT event_id, json_extract(ek_json(payload_json), '$.n') FROM events")
     ns = [n for _, n in rows]
     assert len(ns) == len(set(ns)), f"{len(ns) - len(set(ns))} events stored twice"
     assert set(ns) == set(range(TOTAL)), f"missing: {sorted(set(range(TOTAL)) - set(ns))[:20]}"
@@ -184,8 +184,11 @@ def test_kill9_with_the_embedded_broker_loses_no_acknowledged_event(tmp_path: Pa
     pub.client.loop_stop()
     assert edge.terminate() == 0
     # At every kill, everything acknowledged so far was already in SQLite.
-    assert all(s >= a for s, a in zip(stored_at_kill, acked_at_kill, strict=True)), (stored_at_kill, acked_at_kill)
-    rows = db_rows(edge.db_path, "SELECT json_extract(payload_json, '$.n') FROM events")
+    assert all(s >= a for s, a in zip(stored_at_kill, acked_at_kill, strict=True)), (
+        stored_at_kill,
+        acked_at_kill,
+    )
+    rows = db_rows(edge.db_path, "SELECT json_extract(ek_json(payload_json), '$.n') FROM events")
     ns = [r[0] for r in rows]
     assert len(ns) == len(set(ns)), f"{len(ns) - len(set(ns))} events stored twice"
     assert set(ns) == set(range(total))

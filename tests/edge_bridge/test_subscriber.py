@@ -123,7 +123,8 @@ def test_mosquitto_pub_full_envelope_lands_with_every_field(
     (row,) = db_rows(
         bridge.config.db_path,
         "SELECT event_id, observed_at, received_at, source_type, source_id, source_seq, category, type, "
-        "severity, correlation_id, payload_json, attachments_json, pii, retention_class, meta_json, flags, "
+        "severity, correlation_id, ek_json(payload_json), ek_json(attachments_json), pii, retention_class, "
+        "ek_json(meta_json), flags, "
         "synced FROM events",
     )
     assert uuid.UUID(bytes=row[0]) == uuid.UUID(event_id)
@@ -322,7 +323,7 @@ def test_mapped_foreign_topic_becomes_envelopes(
     rows = dict(
         db_rows(
             bridge.config.db_path,
-            "SELECT source_id, type || ' ' || observed_at || ' ' || payload_json FROM events",
+            "SELECT source_id, type || ' ' || observed_at || ' ' || ek_json(payload_json) FROM events",
         )
     )
     assert rows["frigate-gate"].startswith("person_detected 1700000000500 ")

@@ -30,7 +30,7 @@ class Clock:
         return self.t
 
 
-def envelope(source: str = "cam-1", etype: str = "person_detected", **over: object) -> dict[str, object]:
+def envelope(etype: str = "person_detected", **over: object) -> dict[str, object]:
     env: dict[str, object] = {
         "event_id": str(uuid.uuid4()),
         "source": {"type": "edge_device"},
@@ -288,7 +288,7 @@ def test_size_cap_deletes_oldest_first(
     assert live_bytes(conn) <= cap
     remaining = db_rows(cfg.db_path, "SELECT count(*) FROM events")[0][0]
     assert 0 < remaining < 3000
-    newest = db_rows(cfg.db_path, "SELECT max(json_extract(payload_json, '$.i')) FROM events")[0][0]
+    newest = db_rows(cfg.db_path, "SELECT max(json_extract(ek_json(payload_json), '$.i')) FROM events")[0][0]
     assert newest == 59, "the newest events are kept"
     marks = ",".join("?" * len(first_ids))
     assert (
@@ -331,3 +331,49 @@ def test_wal_stays_bounded_under_sustained_load_with_a_reader(
         t.join()
     assert db_rows(cfg.db_path, "SELECT count(*) FROM events")[0][0] == 15_000
     assert peak <= bound, f"WAL peaked at {peak} bytes"
+
+
+def test_json_columns_are_compressed_once_a_dictionary_is_trained(
+    open_store: Callable[..., tuple[EdgeStore, EdgeConfig, EdgeMetrics]],
+) -> None:
+    store, cfg, _ = open_store(store={"compress_train_events": 500})
+    sent = []
+    for i in range(12):
+        envs = [
+            envelope(
+                event={
+                    "category": "web",
+                    "type": "page_view",
+                    "data": {"url": f"/p/{i}/{j}", "ua": "Mozilla/5.0 " * 8},
+                },
+                attachments=[{"kind": "thumbnail", "uri": f"file:///m/{i}-{j}.jpg"}],
+                source={"type": "browser", "version": "1.2.3", "metadata": {"site_id": "farm-17"}},
+            )
+            for j in range(100)
+        ]
+        sent.extend(envs)
+        submit_wait(store, item_for(store, cfg, orjson.dumps(envs)))
+    db = cfg.db_path
+    assert db_rows(db, "SELECT count(*) FROM zstd_dicts")[0][0] == 1
+    kinds = dict(db_rows(db, "SELECT typeof(payload_json), count(*) FROM events GROUP BY 1"))
+    assert kinds["blob"] >= 600 and kinds["text"] >= 500, kinds
+    stored = db_rows(
+        db,
+        "SELECT event_id, ek_json(payload_json), ek_json(attachments_json), ek_json(meta_json), "
+        "length(payload_json) FROM events ORDER BY rowid",
+    )
+    by_id = {uuid.UUID(str(e["event_id"])).bytes: e for e in sent}
+    for eid, payload, attachments, meta, _ in stored:
+        env = by_id[eid]
+        assert orjson.loads(payload) == env["event"]["data"]  # type: ignore[index]
+        assert orjson.loads(attachments) == env["attachments"]
+        assert orjson.loads(meta) == {"source_version": "1.2.3", "source_metadata": {"site_id": "farm-17"}}
+    compressed = [n for *_, n in stored[-100:]]
+    assert sum(compressed) / len(compressed) < 0.5 * len(stored[0][1]), "a dictionary frame is far smaller"
+
+
+def test_a_payload_naming_an_unknown_dictionary_is_a_clear_error() -> None:
+    from edgekite.store.codec import PayloadCodec, UnknownDictionaryError
+
+    with pytest.raises(UnknownDictionaryError):
+        PayloadCodec().decode(bytes((9,)) + b"\x28\xb5\x2f\xfd")
