@@ -92,6 +92,32 @@ class TopicMapping(_Section):
 class HttpSection(_Section):
     host: str = "0.0.0.0"
     port: int = Field(8080, ge=0, le=65535)
+    api_key: str | None = Field(
+        None, description="When set, every /api and /metrics request needs it (Bearer or X-API-Key)."
+    )
+    ingest_auth: Literal["open", "lan", "all"] = Field(
+        "open",
+        description="With api_key set, whether POST /api/events(/batch) needs it: 'open' never (browsers "
+        "running the tracker hold no secret), 'lan' from non-loopback senders, 'all' always.",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=lambda: ["*"],
+        description="Origins allowed to POST events from a browser; [] for none.",
+    )
+    tracker_respect_dnt: bool = Field(True, description="The tracker sends nothing when Do-Not-Track is on.")
+    record_client_ip: bool = Field(
+        True, description="Add the sender's address as data.ip to web events lacking one (marked pii)."
+    )
+    max_sse_clients: int = Field(32, ge=1)
+
+
+class RollupsSection(_Section):
+    incident_gap_secs: float = Field(60, gt=0, description="Detections closer than this form one incident.")
+    hll_lg_k: int = Field(12, ge=8, le=16, description="HyperLogLog precision: 2^k buckets (12 ~ 1.6 %).")
+
+
+class HealthSection(_Section):
+    stale_after_secs: float = Field(300, gt=0, description="A source silent this long is stale.")
 
 
 class LimitsSection(_Section):
@@ -154,6 +180,8 @@ class EdgeConfig(_Section):
     retention: RetentionSection = Field(default_factory=RetentionSection)
     store: StoreSection = Field(default_factory=StoreSection)
     log: LogSection = Field(default_factory=LogSection)
+    rollups: RollupsSection = Field(default_factory=RollupsSection)
+    health: HealthSection = Field(default_factory=HealthSection)
     mappings: list[TopicMapping] = Field(default_factory=list)
 
     @field_validator("mappings")

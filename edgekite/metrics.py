@@ -54,6 +54,9 @@ class EdgeMetrics:
         self.commit_errors = Counter(
             "edgekite_commit_errors", "Write transactions that failed and were retried.", registry=r
         )
+        self.rollup_errors = Counter(
+            "edgekite_rollup_errors", "Batches stored without rollups after an unexpected error.", registry=r
+        )
         self.queue_depth = Gauge(
             "edgekite_ingest_queue_depth", "Messages waiting for the writer.", registry=r
         )

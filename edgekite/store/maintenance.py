@@ -75,6 +75,7 @@ def retention_step(
                 "AND retention_class = ? AND received_at < ?",
                 (lower, end, cls, cutoff),
             )
+            _count_deleted(conn, cur.rowcount)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -83,6 +84,11 @@ def retention_step(
         state.scanned_to[cls] = end
         more = more or end < upper
     return deleted, more
+
+
+def _count_deleted(conn: sqlite3.Connection, n: int) -> None:
+    if n:
+        conn.execute("UPDATE counters SET value = value - ? WHERE name = 'events_stored'", (n,))
 
 
 def live_bytes(conn: sqlite3.Connection) -> int:
@@ -102,6 +108,7 @@ def size_cap_step(conn: sqlite3.Connection, cfg: RetentionSection) -> tuple[int,
             "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events ORDER BY rowid LIMIT ?)",
             (cfg.chunk_rows,),
         )
+        _count_deleted(conn, cur.rowcount)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")

@@ -91,6 +91,66 @@ MIGRATIONS: tuple[str, ...] = (
         received_at INTEGER NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 2: what the LAN dashboard reads, kept at ingest so no panel scans raw events.
+    """
+    CREATE TABLE daily_counts (
+        day_bucket  INTEGER NOT NULL,                -- observed_at // 86_400_000 (UTC days)
+        source_id   TEXT NOT NULL,
+        category    TEXT NOT NULL,
+        type        TEXT NOT NULL,
+        count       INTEGER NOT NULL,
+        PRIMARY KEY (day_bucket, source_id, category, type)
+    ) WITHOUT ROWID;
+
+    -- Top-N per dimension (page, referrer, error), hourly for 24 h windows, daily beyond.
+    CREATE TABLE hourly_dims (
+        dim         TEXT NOT NULL,
+        hour_bucket INTEGER NOT NULL,
+        key         TEXT NOT NULL,
+        count       INTEGER NOT NULL,
+        PRIMARY KEY (dim, hour_bucket, key)
+    ) WITHOUT ROWID;
+    CREATE TABLE daily_dims (
+        dim         TEXT NOT NULL,
+        day_bucket  INTEGER NOT NULL,
+        key         TEXT NOT NULL,
+        count       INTEGER NOT NULL,
+        PRIMARY KEY (dim, day_bucket, key)
+    ) WITHOUT ROWID;
+
+    -- HyperLogLog sketches (Apache DataSketches, compact form) of distinct visitors/sources.
+    CREATE TABLE sketches (
+        dim         TEXT NOT NULL,
+        granularity TEXT NOT NULL,                   -- 'h' hour buckets, 'd' day buckets
+        bucket      INTEGER NOT NULL,
+        sketch      BLOB NOT NULL,
+        PRIMARY KEY (dim, granularity, bucket)
+    ) WITHOUT ROWID;
+
+    -- Consecutive detections of one camera within incidents.gap_secs.
+    CREATE TABLE incidents (
+        id             INTEGER PRIMARY KEY,
+        source_id      TEXT NOT NULL,
+        start_ms       INTEGER NOT NULL,
+        end_ms         INTEGER NOT NULL,
+        count          INTEGER NOT NULL,
+        top_confidence REAL,
+        top_event_id   BLOB,
+        thumbnail_uri  TEXT,
+        labels         TEXT NOT NULL                 -- JSON list
+    );
+    CREATE INDEX idx_incidents_end ON incidents(end_ms);
+    CREATE INDEX idx_incidents_source_end ON incidents(source_id, end_ms);
+
+    CREATE TABLE counters (
+        name  TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO counters (name, value) SELECT 'events_stored', count(*) FROM events;
+
+    -- The alert inbox: only error/critical events are in this index.
+    CREATE INDEX idx_events_alerts ON events(observed_at) WHERE severity IN ('error', 'critical');
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

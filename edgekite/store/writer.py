@@ -27,6 +27,7 @@ from edgekite.metrics import EdgeMetrics
 from edgekite.store import maintenance
 from edgekite.store.codec import PayloadCodec
 from edgekite.store.queue import BoundedQueue, QueueClosedError
+from edgekite.store.rollup_writer import RollupWriter
 from edgekite.store.schema import connect, migrate
 
 log = logging.getLogger(__name__)
@@ -35,10 +36,6 @@ _INSERT_EVENT = (
     "INSERT OR IGNORE INTO events (event_id, observed_at, received_at, source_type, source_id, source_seq, "
     "category, type, severity, correlation_id, payload_json, attachments_json, pii, retention_class, "
     "meta_json, flags) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-)
-_UPSERT_HOURLY = (
-    "INSERT INTO hourly_counts (hour_bucket, source_id, category, type, count) VALUES (?,?,?,?,?) "
-    "ON CONFLICT DO UPDATE SET count = count + excluded.count"
 )
 _UPSERT_SOURCE = (
     "INSERT INTO sources (source_id, source_type, first_seen, last_seen, last_seq, events, last_heartbeat) "
@@ -63,6 +60,7 @@ class IngestResult:
     accepted: int = 0
     duplicates: int = 0
     rejected: list[Rejection] = field(default_factory=list)
+    value: Any = None  # what a write job returned
 
 
 @dataclass(slots=True)
@@ -76,6 +74,7 @@ class WriteItem:
     fingerprint: bytes | None = None
     done: Callable[[IngestResult], None] | None = None
     size: int = 0
+    job: Callable[[sqlite3.Connection], Any] | None = None  # other writes (settings), same writer
 
 
 def message_fingerprint(topic: str | None, payload: bytes) -> bytes:
@@ -109,7 +108,10 @@ class EdgeStore:
         self._retention = maintenance.RetentionState()
         self._stopping = threading.Event()
         self.codec = PayloadCodec()
+        self._rollups = RollupWriter(config.rollups)
+        self._degraded = False  # retrying a batch without rollups after an unexpected error
         self._rows_written = 0
+        self._listeners: list[Callable[[list[EventRow]], None]] = []
         self.last_commit_ms: int | None = None
         self.last_error: str | None = None
 
@@ -176,6 +178,19 @@ class EdgeStore:
             await loop.run_in_executor(None, self.submit, item)
         return await fut
 
+    async def run_write(self, job: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run ``job(conn)`` on the single writer, inside a write transaction; returns its value."""
+        result = await self.ingest(WriteItem(Decoded([], [], False), "job", job=job))
+        if not result.committed:
+            raise RuntimeError("the write job did not commit")
+        if isinstance(result.value, Exception):
+            raise result.value
+        return result.value
+
+    def add_listener(self, listener: Callable[[list[EventRow]], None]) -> None:
+        """Called on the writer thread with each batch of newly stored events, after commit."""
+        self._listeners.append(listener)
+
     @property
     def queue_depth(self) -> int:
         return len(self._queue)
@@ -218,8 +233,20 @@ class EdgeStore:
         while True:
             try:
                 results = self._commit(conn, batch)
+                self.last_error = None
                 break
-            except sqlite3.Error as exc:
+            except Exception as exc:
+                if not isinstance(exc, sqlite3.Error) and not self._degraded:
+                    # A bug in derived data (rollups, sketches) must not cost the events
+                    # themselves, nor stop the writer: store them without rollups and say so.
+                    log.exception("rollups failed; storing this batch without them")
+                    self._metrics.rollup_errors.inc()
+                    self._degraded = True
+                    continue
+                if not isinstance(exc, sqlite3.Error):
+                    log.exception("batch of %d messages cannot be stored; left unacknowledged", len(batch))
+                    results = [IngestResult(committed=False) for _ in batch]
+                    break
                 self._metrics.commit_errors.inc()
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.error("commit of %d messages failed (%s); retrying in %.2f s", len(batch), exc, delay)
@@ -228,6 +255,7 @@ class EdgeStore:
                     break
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
+        self._degraded = False
         for item, result in zip(batch, results, strict=True):
             if item.done is not None:
                 try:
@@ -251,6 +279,14 @@ class EdgeStore:
                 seen_fps = {
                     r[0] for r in conn.execute(f"SELECT fp FROM fingerprints WHERE fp IN ({marks})", fps)
                 }
+            for i, item in enumerate(batch):
+                if item.job is not None:
+                    try:
+                        results[i].value = item.job(conn)
+                    except sqlite3.Error:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - a job's own bug must not stop the writer
+                        results[i].value = exc
             candidates: list[tuple[int, EventRow]] = []
             for i, item in enumerate(batch):
                 if item.fingerprint is not None and item.fingerprint in seen_fps:
@@ -261,6 +297,14 @@ class EdgeStore:
             new_rows, seq_updates = self._insert_events(conn, candidates, results)
             self._update_rollups(conn, new_rows)
             self._write_dead_letters(conn, batch, now_ms)
+            dups = sum(r.duplicates for r in results)
+            rejected = sum(len(item.decoded.rejections) for item in batch)
+            if dups or rejected:
+                conn.executemany(
+                    "INSERT INTO counters (name, value) VALUES (?, ?) "
+                    "ON CONFLICT DO UPDATE SET value = value + excluded.value",
+                    [("duplicates_total", dups), ("rejected_total", rejected)],
+                )
             fp_rows = [
                 (item.fingerprint, now_ms)
                 for item in batch
@@ -272,10 +316,17 @@ class EdgeStore:
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            self._rollups.reset()
             raise
         self._last_seq.update(seq_updates)
         self.last_commit_ms = now_ms
         self._maybe_train(conn, len(new_rows))
+        if new_rows:
+            for listener in self._listeners:
+                try:
+                    listener(new_rows)
+                except Exception:
+                    log.exception("event listener failed")
         self._record_metrics(batch, results, new_rows, time.perf_counter() - t0)
         return results
 
@@ -390,10 +441,10 @@ class EdgeStore:
     def _update_rollups(self, conn: sqlite3.Connection, rows: list[EventRow]) -> None:
         if not rows:
             return
-        hourly: Counter[tuple[int, str, str, str]] = Counter()
+        if not self._degraded:
+            self._rollups.write(conn, rows)
         sources: dict[str, list[Any]] = {}
         for row in rows:
-            hourly[(row.observed_at // 3_600_000, row.source_id, row.category, row.type)] += 1
             src = sources.get(row.source_id)
             heartbeat = row.observed_at if row.type == "heartbeat" else None
             if src is None:
@@ -413,7 +464,6 @@ class EdgeStore:
                 src[5] += 1
                 if heartbeat is not None:
                     src[6] = heartbeat if src[6] is None else max(src[6], heartbeat)
-        conn.executemany(_UPSERT_HOURLY, [(*k, n) for k, n in hourly.items()])
         conn.executemany(_UPSERT_SOURCE, list(sources.values()))
 
     def _write_dead_letters(self, conn: sqlite3.Connection, batch: list[WriteItem], now_ms: int) -> None:
