@@ -137,6 +137,7 @@ class EdgeProcess:
         import sys
 
         env = {**os.environ, **(self.env or {})}
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("a")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edgekite.cli", "edge", "--data-dir", str(self.data_dir), *self.args],
