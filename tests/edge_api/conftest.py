@@ -38,7 +38,7 @@ class Edge:
 
 
 def request(url: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
-    req = urllib.request.Request(
+    req = urllib.request.Request(  # noqa: S310 - loopback test URL
         url, data=body, headers=headers or {}, method="POST" if body is not None else "GET"
     )
     try:
