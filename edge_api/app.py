@@ -448,6 +448,12 @@ async def tracker(request: web.Request) -> web.Response:
 
 
 # -- assembly ------------------------------------------------------------------------------
+async def _no_cache_static(request: web.Request, response: web.StreamResponse) -> None:
+    """On a LAN revalidating is cheap, and after an upgrade old JS must not meet a new page."""
+    if request.path.startswith("/static/"):
+        response.headers["Cache-Control"] = "no-cache"
+
+
 async def _lifecycle(app: web.Application) -> Any:
     ctx = app[CTX]
     ctx.reads = ReadPool(ctx.config.db_path, ctx.config.store)
@@ -465,6 +471,7 @@ def create_app(ctx: EdgeContext) -> web.Application:
     )
     app[CTX] = ctx
     app.cleanup_ctx.append(_lifecycle)
+    app.on_response_prepare.append(_no_cache_static)
     r = app.router
     r.add_post("/api/events", post_event)
     r.add_post("/api/events/batch", post_batch)

@@ -167,16 +167,17 @@ def uniques(r: Reader, window_ms: int, now_ms: int, lg_k: int) -> dict[str, Any]
 
 
 def alerts(r: Reader, limit: int, cursor: list[int] | None) -> dict[str, Any]:
+    """The inbox: error/critical events in the order they arrived (the edge's clock)."""
     where, params = ALERT_WHERE, []
     if cursor is not None:
-        where += " AND (observed_at, rowid) < (?, ?)"
+        where += " AND (received_at, rowid) < (?, ?)"
         params.extend(cursor)
     rows = r.conn.execute(
         f"SELECT rowid, {EVENT_COLUMNS} FROM events INDEXED BY idx_events_alerts WHERE {where} "
-        "ORDER BY observed_at DESC, rowid DESC LIMIT ?",
+        "ORDER BY received_at DESC, rowid DESC LIMIT ?",
         (*params, limit + 1),
     ).fetchall()
-    kept, nxt = _page(rows, limit, lambda row: [row[2], row[0]])
+    kept, nxt = _page(rows, limit, lambda row: [row[3], row[0]])
     seen_at = seen_alerts_at(r)
     return {
         "alerts": [row_to_event(row[1:], r.decode) for row in kept],
@@ -193,7 +194,7 @@ def seen_alerts_at(r: Reader) -> int | None:
 
 def unseen_alerts(r: Reader, seen_at: int | None) -> int:
     (n,) = r.conn.execute(
-        f"SELECT count(*) FROM events INDEXED BY idx_events_alerts WHERE {ALERT_WHERE} AND observed_at > ?",
+        f"SELECT count(*) FROM events INDEXED BY idx_events_alerts WHERE {ALERT_WHERE} AND received_at > ?",
         (seen_at if seen_at is not None else -1,),
     ).fetchone()
     return int(n)

@@ -148,8 +148,9 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     INSERT INTO counters (name, value) SELECT 'events_stored', count(*) FROM events;
 
-    -- The alert inbox: only error/critical events are in this index.
-    CREATE INDEX idx_events_alerts ON events(observed_at) WHERE severity IN ('error', 'critical');
+    -- The alert inbox, in arrival order (the edge's clock: a device clock running ahead cannot
+    -- keep an alert "unseen"); only error/critical events are in this index.
+    CREATE INDEX idx_events_alerts ON events(received_at) WHERE severity IN ('error', 'critical');
     """,
 )
 

@@ -377,3 +377,24 @@ def test_a_payload_naming_an_unknown_dictionary_is_a_clear_error() -> None:
 
     with pytest.raises(UnknownDictionaryError):
         PayloadCodec().decode(bytes((9,)) + b"\x28\xb5\x2f\xfd")
+
+
+def test_a_bug_in_rollups_costs_neither_the_events_nor_the_writer(
+    open_store: Callable[..., tuple[EdgeStore, EdgeConfig, EdgeMetrics]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgekite.store.rollup_writer import RollupWriter
+
+    store, cfg, metrics = open_store()
+
+    def broken(self: RollupWriter, conn: object, rows: object) -> None:
+        raise TypeError("simulated rollup bug")
+
+    monkeypatch.setattr(RollupWriter, "write", broken)
+    hit = submit_wait(store, item_for(store, cfg, orjson.dumps([envelope() for _ in range(5)])))
+    assert (hit.committed, hit.accepted) == (True, 5)
+    assert metric(metrics, "edgekite_rollup_errors_total") == 1
+    monkeypatch.undo()
+    after = submit_wait(store, item_for(store, cfg, orjson.dumps([envelope() for _ in range(3)])))
+    assert (after.committed, after.accepted) == (True, 3), "the writer is still alive"
+    assert db_rows(cfg.db_path, "SELECT count(*) FROM events")[0][0] == 8
+    assert db_rows(cfg.db_path, "SELECT sum(count) FROM hourly_counts")[0][0] == 3, "only the healthy batch"
