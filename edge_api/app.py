@@ -338,9 +338,14 @@ async def get_health(request: web.Request) -> web.Response:
     stale_ms = int(ctx.config.health.stale_after_secs * 1000)
     srcs = await _reads(request).run(lambda r: queries.sources(r, now, stale_ms))
     connected = ctx.mqtt_connected()
+    writer_alive = ctx.store.writer_alive
+    status = "ok" if connected and writer_alive and ctx.store.last_error is None else "degraded"
+    if not writer_alive:
+        status = "failing"
     return _json(
         {
-            "status": "ok" if connected and ctx.store.last_error is None else "degraded",
+            "status": status,
+            "writer_alive": writer_alive,
             "edge_id": ctx.config.edge.edge_id,
             "now": now,
             "uptime_secs": round(time.time() - ctx.started_at, 1),

@@ -79,6 +79,7 @@ class MqttSubscriber:
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
+        self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
 
     @property
@@ -131,8 +132,6 @@ class MqttSubscriber:
             return
         self._generation += 1
         self.last_connect_error = None
-        self._connected.set()
-        self._metrics.mqtt_connected.set(1)
         self._metrics.mqtt_reconnects.inc()
         filters = self._router.filters
         client.subscribe([(f, 1) for f in filters])
@@ -144,6 +143,23 @@ class MqttSubscriber:
             flags.session_present,
             filters,
         )
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        mid: int,
+        reasons: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        refused = [str(r) for r in reasons if r.is_failure]
+        if refused:
+            self.last_connect_error = f"broker refused the subscription: {', '.join(refused)}"
+            log.error("%s (check the broker's ACL for the bridge user)", self.last_connect_error)
+            return
+        # Only now is the bridge really listening: a new session queues nothing before this.
+        self._connected.set()
+        self._metrics.mqtt_connected.set(1)
 
     def _on_disconnect(
         self,

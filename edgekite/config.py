@@ -57,6 +57,9 @@ class MqttSection(_Section):
         2000, ge=1, le=65535, description="Unacknowledged QoS 1 messages the broker may have in flight to us."
     )
     keepalive_secs: int = Field(30, ge=5, le=3600)
+    connect_wait_secs: float = Field(
+        10, ge=0, description="How long start-up waits for the broker subscription before going on."
+    )
     topics: list[str] = Field(
         default_factory=lambda: ["ek/v1/+/events"],
         description="Envelope topics; the 3rd level is the source id.",

@@ -46,7 +46,7 @@ class EdgeNode:
         try:
             if self.config.mqtt.url:
                 self.mqtt_url = self.config.mqtt.url
-                self._start_subscriber(router)
+                await self._start_subscriber(router)
             else:
                 # In-process broker: messages enter through its commit gate, no second hop.
                 await self._start_embedded_broker(router)
@@ -79,12 +79,22 @@ class EdgeNode:
         self.mqtt_url = broker.url
         log.info("embedded MQTT broker on %s; PUBACK is sent only after the SQLite commit", self.mqtt_url)
 
-    def _start_subscriber(self, router: object) -> None:
+    async def _start_subscriber(self, router: object) -> None:
         from edge_bridge.subscriber import MqttSubscriber
 
         sub = MqttSubscriber(self.config, self.store, self.metrics, router, url=self.mqtt_url)  # type: ignore[arg-type]
         sub.start()
         self._subscriber = sub
+        # "Ready" means subscribed: on a brand-new broker session, messages published before
+        # the SUBACK would be dropped by the broker. An unreachable broker does not block the
+        # edge (it keeps retrying and reports itself degraded), so wait only a bounded time.
+        wait = self.config.mqtt.connect_wait_secs
+        if not await asyncio.get_running_loop().run_in_executor(None, sub.wait_connected, wait):
+            log.warning(
+                "not yet subscribed at %s (%s); starting anyway, the bridge keeps retrying",
+                self.mqtt_url,
+                sub.last_connect_error or "no answer",
+            )
 
     def _mqtt_connected(self) -> bool:
         if self._subscriber is not None:

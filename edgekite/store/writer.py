@@ -192,6 +192,10 @@ class EdgeStore:
         self._listeners.append(listener)
 
     @property
+    def writer_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
     def queue_depth(self) -> int:
         return len(self._queue)
 

@@ -364,3 +364,28 @@ def test_stream_and_the_store_survive_many_listeners_coming_and_going(filled_edg
             s.sendall(b"GET /api/stream HTTP/1.1\r\nHost: x\r\n\r\n")
             s.recv(1024)
     wait_for(lambda: filled_edge.get("/api/health")[1]["status"] == "ok")
+
+
+def test_health_reports_a_dead_writer_as_failing(tmp_path: Path) -> None:
+    """If the writer thread ever dies, nothing commits: health must say so, not 'ok'."""
+    from edge_api.app import EdgeContext, create_app
+    from edgekite.config import load_edge_config
+    from edgekite.metrics import EdgeMetrics
+    from edgekite.store import EdgeStore
+
+    cfg = load_edge_config(environ={}, overrides={"edge": {"data_dir": str(tmp_path)}})
+    store = EdgeStore(cfg, EdgeMetrics()).open()
+    store.close()  # the thread is gone, as after a crash of it
+    ctx = EdgeContext(cfg, store, EdgeMetrics(), lambda: True, time.time())
+
+    async def call() -> dict[str, Any]:
+        from aiohttp.test_utils import TestClient, TestServer
+
+        async with TestClient(TestServer(create_app(ctx))) as client:
+            resp = await client.get("/api/health")
+            return dict(await resp.json())
+
+    import asyncio
+
+    health = asyncio.run(call())
+    assert (health["status"], health["writer_alive"]) == ("failing", False)
