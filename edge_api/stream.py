@@ -12,7 +12,7 @@ import logging
 
 import orjson
 
-from edgekite.ingest import EventRow
+from edgekite.ingest import STORED_FIELDS, EventRow
 from edgekite.store.rows import row_to_event
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class EventStream:
     def _broadcast(self, rows: list[EventRow]) -> None:
         chunks = []
         for row in rows:
-            event = row_to_event((*row, 0), _identity)
+            event = row_to_event((*row[:STORED_FIELDS], 0), _identity)
             chunks.append(b"event: event\ndata: " + orjson.dumps(event) + b"\n\n")
         for q in list(self._clients):
             for chunk in chunks:

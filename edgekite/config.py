@@ -154,13 +154,15 @@ class StoreSection(_Section):
     batch_max_wait_ms: float = Field(
         5, ge=0, description="How long the writer waits to fill a batch once it has something."
     )
-    queue_max_messages: int = Field(20_000, ge=10)
-    queue_max_bytes: int = Field(64 * 1024**2, ge=1024**2, description="Memory bound of the ingest queue.")
+    queue_max_messages: int = Field(4000, ge=10, description="Two MQTT receive windows is plenty.")
+    queue_max_bytes: int = Field(16 * 1024**2, ge=1024**2, description="Memory bound of the ingest queue.")
     synchronous: Literal["NORMAL", "FULL"] = Field(
         "FULL", description="FULL survives power loss for committed data; NORMAL only process crashes."
     )
     wal_max_bytes: int = Field(64 * 1024**2, ge=1024**2, description="WAL is checkpointed back under this.")
-    cache_mb: int = Field(16, ge=1)
+    cache_mb: int = Field(
+        4, ge=1, description="SQLite page cache per connection; measured: 16 MB bought no ingest speed."
+    )
     compress: bool = Field(True, description="zstd-compress JSON columns with a dictionary trained here.")
     compress_train_events: int = Field(
         5000, ge=100, description="Events stored before the dictionary is trained from them."

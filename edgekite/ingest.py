@@ -8,6 +8,7 @@ SQLite work that releases the GIL.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 from uuid import NAMESPACE_URL, UUID, uuid5
@@ -17,7 +18,21 @@ import uuid_utils
 from pydantic import ValidationError
 
 from edgekite.config import LimitsSection
-from edgekite.envelope import Envelope
+from edgekite.envelope import (
+    CATEGORIES,
+    EVENT_TYPE_PATTERN,
+    RETENTION_CLASSES,
+    SEVERITIES,
+    SOURCE_ID_PATTERN,
+    SOURCE_TYPES,
+    Correlation,
+    Envelope,
+    EventBody,
+    Privacy,
+    Source,
+    Sync,
+    parse_timestamp,
+)
 
 FLAG_SKEW_FUTURE = 1
 FLAG_SKEW_PAST = 2
@@ -45,6 +60,10 @@ class EventRow(NamedTuple):
     retention_class: str
     meta_json: str | None
     flags: int
+    data: Any = None  # event.data as parsed, for rollups; not a column (STORED_FIELDS)
+
+
+STORED_FIELDS = 16  # EventRow[:16] is what the events table stores
 
 
 class Rejection(NamedTuple):
@@ -121,6 +140,21 @@ def check_shape(obj: Any, limits: LimitsSection) -> tuple[str, str] | None:
     return None
 
 
+def shape_cannot_fail(payload: bytes, limits: LimitsSection) -> bool:
+    """A byte count that proves :func:`check_shape` would pass, so the walk can be skipped.
+
+    Nesting needs a bracket per level, an object's keys need a colon each, a list's items a
+    comma each, and no string is longer than the message; brackets, colons and commas inside
+    strings only make the counts larger, so the proof stays sound.
+    """
+    return (
+        len(payload) <= limits.max_string_chars
+        and payload.count(b"{") + payload.count(b"[") <= limits.max_depth
+        and payload.count(b":") <= limits.max_keys
+        and payload.count(b",") < max(limits.max_keys, 1000)
+    )
+
+
 def describe_validation_error(exc: ValidationError, limit: int = 3) -> str:
     """A short, human reason: 'event.category: Input should be ...; source: Field required'."""
     parts = []
@@ -151,6 +185,151 @@ def parse_json(payload: bytes, limits: LimitsSection) -> Any | Rejection:
         return Rejection("invalid_json", f"not valid JSON: {exc}", None, payload)
 
 
+class _Fields(NamedTuple):
+    """The envelope after validation, whichever validator produced it."""
+
+    event_id: bytes | None
+    observed_at: int | None
+    source_type: str
+    source_id: str | None
+    source_version: str | None
+    source_metadata: dict[str, Any]
+    category: str
+    type: str
+    severity: str
+    schema_version: str
+    data: dict[str, Any]
+    correlation: tuple[str | None, str | None, str | None] | None
+    attachments: list[dict[str, Any]]
+    pii: bool
+    retention_class: str
+    source_seq: int | None
+
+
+_TOP_KEYS = frozenset(Envelope.model_fields)
+_SOURCE_KEYS = frozenset(Source.model_fields)
+_EVENT_KEYS = frozenset(EventBody.model_fields)
+_CORRELATION_KEYS = frozenset(Correlation.model_fields)
+_PRIVACY_KEYS = frozenset(Privacy.model_fields)
+_SYNC_KEYS = frozenset(Sync.model_fields)
+_SOURCE_TYPES = frozenset(SOURCE_TYPES)
+_CATEGORIES = frozenset(CATEGORIES)
+_SEVERITIES = frozenset(SEVERITIES)
+_RETENTION = frozenset(RETENTION_CLASSES)
+_SOURCE_ID_FULL = re.compile(SOURCE_ID_PATTERN.removeprefix("^").removesuffix("$"))
+_EVENT_TYPE_FULL = re.compile(EVENT_TYPE_PATTERN.removeprefix("^").removesuffix("$"))
+_MAX_SEQ = 2**63 - 1
+
+
+def _opt_str(value: Any, max_len: int) -> bool:
+    return value is None or (type(value) is str and len(value) <= max_len)
+
+
+def _fast_fields(obj: dict[str, Any]) -> _Fields | None:
+    """Validate the common, well-formed envelope without pydantic (it is most of the CPU).
+
+    Accepts a strict subset of what the pydantic model accepts and yields the same values
+    (tests/edgekite/test_fast_path.py holds the two to that); anything unusual returns None and
+    pydantic decides, and words the error.
+    """
+    if not obj.keys() <= _TOP_KEYS:
+        return None
+    source, event = obj.get("source"), obj.get("event")
+    if type(source) is not dict or type(event) is not dict:
+        return None
+    if not source.keys() <= _SOURCE_KEYS or not event.keys() <= _EVENT_KEYS:
+        return None
+    source_type, sid = source.get("type"), source.get("id")
+    if type(source_type) is not str or source_type not in _SOURCE_TYPES:
+        return None
+    if sid is not None and (type(sid) is not str or not _SOURCE_ID_FULL.fullmatch(sid)):
+        return None
+    version, metadata = source.get("version"), source.get("metadata", {})
+    if not _opt_str(version, 64) or type(metadata) is not dict:
+        return None
+    category, etype = event.get("category"), event.get("type")
+    severity, schema_version = event.get("severity", "info"), event.get("schema_version", "1.0")
+    data = event.get("data", {})
+    if type(category) is not str or category not in _CATEGORIES or type(data) is not dict:
+        return None
+    if type(etype) is not str or not _EVENT_TYPE_FULL.fullmatch(etype):
+        return None
+    if type(severity) is not str or severity not in _SEVERITIES:
+        return None
+    if type(schema_version) is not str or len(schema_version) > 16:
+        return None
+    event_id = obj.get("event_id")
+    if event_id is not None:
+        if type(event_id) is not str or len(event_id) != 36:
+            return None
+        try:
+            eid: bytes | None = UUID(event_id).bytes
+        except ValueError:
+            return None
+    else:
+        eid = None
+    try:
+        observed = obj.get("observed_at")
+        observed_at = None if observed is None else parse_timestamp(observed)
+        if obj.get("received_at") is not None:
+            parse_timestamp(obj["received_at"])
+    except ValueError:
+        return None
+    corr = obj.get("correlation")
+    correlation = None
+    if corr is not None:
+        if type(corr) is not dict or not corr.keys() <= _CORRELATION_KEYS:
+            return None
+        cid, sess, inc = corr.get("correlation_id"), corr.get("session_id"), corr.get("incident_id")
+        if not (_opt_str(cid, 128) and _opt_str(sess, 128) and _opt_str(inc, 128)):
+            return None
+        correlation = (cid, sess, inc)
+    if obj.get("attachments", []) != []:
+        return None  # references are checked by the model (schemes, hashes)
+    privacy = obj.get("privacy", {})
+    if type(privacy) is not dict or not privacy.keys() <= _PRIVACY_KEYS:
+        return None
+    pii, retention = privacy.get("pii", False), privacy.get("retention_class", "standard")
+    if type(pii) is not bool or type(retention) is not str or retention not in _RETENTION:
+        return None
+    sync = obj.get("sync")
+    seq = None
+    if sync is not None:
+        if type(sync) is not dict or not sync.keys() <= _SYNC_KEYS:
+            return None
+        seq, synced = sync.get("source_seq"), sync.get("synced")
+        if seq is not None and (type(seq) is not int or not 0 <= seq <= _MAX_SEQ):
+            return None
+        if synced is not None and type(synced) is not bool:
+            return None
+    return _Fields(
+        eid, observed_at, source_type, sid, version, metadata, category, etype, severity, schema_version,
+        data, correlation, [], pii, retention, seq,
+    )  # fmt: skip
+
+
+def _model_fields(env: Envelope) -> _Fields:
+    corr = env.correlation
+    return _Fields(
+        env.event_id.bytes if env.event_id is not None else None,
+        env.observed_at,
+        env.source.type,
+        env.source.id,
+        env.source.version,
+        env.source.metadata,
+        env.event.category,
+        env.event.type,
+        env.event.severity,
+        env.event.schema_version,
+        env.event.data,
+        None if corr is None else (corr.correlation_id, corr.session_id, corr.incident_id),
+        [a.model_dump(exclude_none=True) for a in env.attachments],
+        env.privacy.pii,
+        env.privacy.retention_class,
+        env.sync.source_seq if env.sync is not None else None,
+    )
+
+
 def envelope_to_row(
     obj: Any,
     *,
@@ -160,6 +339,8 @@ def envelope_to_row(
     require_source_match: bool,
     index: int | None = None,
     raw: bytes | None = None,
+    fast: bool = True,
+    shape_checked: bool = False,
 ) -> EventRow | Rejection:
     """Validate one envelope object and turn it into an ``events`` row."""
 
@@ -168,16 +349,18 @@ def envelope_to_row(
 
     if type(obj) is not dict:
         return reject("not_an_envelope", f"expected a JSON object, got {type(obj).__name__}")
-    shape = check_shape(obj, limits)
-    if shape is not None:
-        return reject(*shape)
-    try:
-        env = Envelope.model_validate(obj)
-    except ValidationError as exc:
-        return reject("invalid_envelope", describe_validation_error(exc))
+    if not shape_checked:
+        shape = check_shape(obj, limits)
+        if shape is not None:
+            return reject(*shape)
+    f = _fast_fields(obj) if fast else None
+    if f is None:
+        try:
+            f = _model_fields(Envelope.model_validate(obj))
+        except ValidationError as exc:
+            return reject("invalid_envelope", describe_validation_error(exc))
 
-    source = env.source
-    source_id = source.id
+    source_id = f.source_id
     if topic_source_id is not None:
         if source_id is None:
             source_id = topic_source_id
@@ -188,49 +371,51 @@ def envelope_to_row(
     if source_id is None:
         return reject("invalid_envelope", "source.id: required when the transport names no source")
 
-    observed_at = env.observed_at if env.observed_at is not None else received_at
+    observed_at = f.observed_at if f.observed_at is not None else received_at
     flags = 0
     if observed_at > received_at + limits.max_future_skew_secs * 1000:
         flags |= FLAG_SKEW_FUTURE
     elif observed_at < received_at - limits.max_past_age_days * 86_400_000:
         flags |= FLAG_SKEW_PAST
 
-    body = env.event
     meta: dict[str, Any] = {}
-    if source.version is not None:
-        meta["source_version"] = source.version
-    if source.metadata:
-        meta["source_metadata"] = source.metadata
-    if body.schema_version != "1.0":
-        meta["schema_version"] = body.schema_version
-    corr = env.correlation
+    if f.source_version is not None:
+        meta["source_version"] = f.source_version
+    if f.source_metadata:
+        meta["source_metadata"] = f.source_metadata
+    if f.schema_version != "1.0":
+        meta["schema_version"] = f.schema_version
     correlation_id = None
-    if corr is not None:
-        correlation_id = corr.correlation_id
-        if corr.session_id is not None:
-            meta["session_id"] = corr.session_id
-        if corr.incident_id is not None:
-            meta["incident_id"] = corr.incident_id
+    if f.correlation is not None:
+        correlation_id, session_id, incident_id = f.correlation
+        if session_id is not None:
+            meta["session_id"] = session_id
+        if incident_id is not None:
+            meta["incident_id"] = incident_id
 
+    try:
+        payload_json = orjson.dumps(f.data).decode()
+        meta_json = orjson.dumps(meta).decode() if meta else None
+    except orjson.JSONEncodeError as exc:  # only reachable from Python callers: JSON input is bounded
+        return reject("invalid_envelope", f"event.data cannot be stored as JSON: {exc}")
     return EventRow(
-        env.event_id.bytes if env.event_id is not None else new_event_id(),
+        f.event_id if f.event_id is not None else new_event_id(),
         observed_at,
         received_at,
-        source.type,
+        f.source_type,
         source_id,
-        env.sync.source_seq if env.sync is not None else None,
-        body.category,
-        body.type,
-        body.severity,
+        f.source_seq,
+        f.category,
+        f.type,
+        f.severity,
         correlation_id,
-        orjson.dumps(body.data).decode(),
-        orjson.dumps([a.model_dump(exclude_none=True) for a in env.attachments]).decode()
-        if env.attachments
-        else None,
-        int(env.privacy.pii),
-        env.privacy.retention_class,
-        orjson.dumps(meta).decode() if meta else None,
+        payload_json,
+        orjson.dumps(f.attachments).decode() if f.attachments else None,
+        int(f.pii),
+        f.retention_class,
+        meta_json,
         flags,
+        f.data,
     )
 
 
@@ -242,6 +427,7 @@ def rows_from_objects(
     limits: LimitsSection,
     require_source_match: bool,
     indexed: bool,
+    shape_checked: bool = False,
 ) -> Decoded:
     events: list[EventRow] = []
     rejections: list[Rejection] = []
@@ -254,6 +440,7 @@ def rows_from_objects(
             limits=limits,
             require_source_match=require_source_match,
             index=i if indexed else None,
+            shape_checked=shape_checked,
         )
         if isinstance(result, Rejection):
             rejections.append(result)
@@ -308,6 +495,7 @@ def decode_message(
         limits=limits,
         require_source_match=require_source_match,
         indexed=indexed,
+        shape_checked=shape_cannot_fail(payload, limits),
     )
     if not indexed and decoded.rejections:
         # A single-envelope message: dead-letter the bytes as they came, not our re-encoding.

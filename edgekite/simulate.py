@@ -107,128 +107,301 @@ def encode_events(envelopes: Sequence[Envelope]) -> bytes:
 # (user agent, device class, weight); device class picks a plausible screen size.
 USER_AGENTS: tuple[tuple[str, str, int], ...] = (
     # Chrome
-    (("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
-     "Chrome/124.0.0.0 Safari/537.36"), "desktop", 30),
-    (("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
-     "Chrome/123.0.0.0 Safari/537.36"), "desktop", 14),
-    (("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) "
-     "Chrome/124.0.0.0 Safari/537.36"), "desktop", 12),
-    (("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
-     "Chrome/124.0.0.0 Safari/537.36"), "desktop", 4),
-    (("Mozilla/5.0 (X11; CrOS x86_64 14541.0.0) AppleWebKit/537.36 (KHTML, like Gecko) "
-     "Chrome/124.0.0.0 Safari/537.36"), "desktop", 2),
-    (("Mozilla/5.0 (Linux; Android 10; K) AppleWebKit/537.36 (KHTML, like Gecko) "
-     "Chrome/124.0.0.0 Mobile Safari/537.36"), "mobile", 22),
-    (("Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
-     "Chrome/124.0.6367.82 Mobile Safari/537.36"), "mobile", 5),
-    (("Mozilla/5.0 (Linux; Android 13; SM-S911B) AppleWebKit/537.36 (KHTML, like Gecko) "
-     "Chrome/123.0.6312.99 Mobile Safari/537.36"), "mobile", 6),
-    (("Mozilla/5.0 (Linux; Android 13; SM-A536B) AppleWebKit/537.36 (KHTML, like Gecko) "
-     "SamsungBrowser/24.0 Chrome/117.0.0.0 Mobile Safari/537.36"), "mobile", 3),
-    (("Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 "
-     "(KHTML, like Gecko) CriOS/124.0.6367.88 Mobile/15E148 Safari/604.1"), "mobile", 3),
+    (
+        (
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+            "Chrome/124.0.0.0 Safari/537.36"
+        ),
+        "desktop",
+        30,
+    ),
+    (
+        (
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+            "Chrome/123.0.0.0 Safari/537.36"
+        ),
+        "desktop",
+        14,
+    ),
+    (
+        (
+            "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) "
+            "Chrome/124.0.0.0 Safari/537.36"
+        ),
+        "desktop",
+        12,
+    ),
+    (
+        (
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+            "Chrome/124.0.0.0 Safari/537.36"
+        ),
+        "desktop",
+        4,
+    ),
+    (
+        (
+            "Mozilla/5.0 (X11; CrOS x86_64 14541.0.0) AppleWebKit/537.36 (KHTML, like Gecko) "
+            "Chrome/124.0.0.0 Safari/537.36"
+        ),
+        "desktop",
+        2,
+    ),
+    (
+        (
+            "Mozilla/5.0 (Linux; Android 10; K) AppleWebKit/537.36 (KHTML, like Gecko) "
+            "Chrome/124.0.0.0 Mobile Safari/537.36"
+        ),
+        "mobile",
+        22,
+    ),
+    (
+        (
+            "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
+            "Chrome/124.0.6367.82 Mobile Safari/537.36"
+        ),
+        "mobile",
+        5,
+    ),
+    (
+        (
+            "Mozilla/5.0 (Linux; Android 13; SM-S911B) AppleWebKit/537.36 (KHTML, like Gecko) "
+            "Chrome/123.0.6312.99 Mobile Safari/537.36"
+        ),
+        "mobile",
+        6,
+    ),
+    (
+        (
+            "Mozilla/5.0 (Linux; Android 13; SM-A536B) AppleWebKit/537.36 (KHTML, like Gecko) "
+            "SamsungBrowser/24.0 Chrome/117.0.0.0 Mobile Safari/537.36"
+        ),
+        "mobile",
+        3,
+    ),
+    (
+        (
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 "
+            "(KHTML, like Gecko) CriOS/124.0.6367.88 Mobile/15E148 Safari/604.1"
+        ),
+        "mobile",
+        3,
+    ),
     # Safari
-    (("Mozilla/5.0 (iPhone; CPU iPhone OS 17_4_1 like Mac OS X) AppleWebKit/605.1.15 "
-     "(KHTML, like Gecko) Version/17.4.1 Mobile/15E148 Safari/604.1"), "mobile", 24),
-    (("Mozilla/5.0 (iPhone; CPU iPhone OS 16_6 like Mac OS X) AppleWebKit/605.1.15 "
-     "(KHTML, like Gecko) Version/16.6 Mobile/15E148 Safari/604.1"), "mobile", 6),
-    (("Mozilla/5.0 (iPad; CPU OS 17_4 like Mac OS X) AppleWebKit/605.1.15 "
-     "(KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1"), "tablet", 4),
-    (("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 "
-     "(KHTML, like Gecko) Version/17.4 Safari/605.1.15"), "desktop", 9),
-    (("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 "
-     "(KHTML, like Gecko) Version/16.6 Safari/605.1.15"), "desktop", 3),
+    (
+        (
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4_1 like Mac OS X) AppleWebKit/605.1.15 "
+            "(KHTML, like Gecko) Version/17.4.1 Mobile/15E148 Safari/604.1"
+        ),
+        "mobile",
+        24,
+    ),
+    (
+        (
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 16_6 like Mac OS X) AppleWebKit/605.1.15 "
+            "(KHTML, like Gecko) Version/16.6 Mobile/15E148 Safari/604.1"
+        ),
+        "mobile",
+        6,
+    ),
+    (
+        (
+            "Mozilla/5.0 (iPad; CPU OS 17_4 like Mac OS X) AppleWebKit/605.1.15 "
+            "(KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1"
+        ),
+        "tablet",
+        4,
+    ),
+    (
+        (
+            "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 "
+            "(KHTML, like Gecko) Version/17.4 Safari/605.1.15"
+        ),
+        "desktop",
+        9,
+    ),
+    (
+        (
+            "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 "
+            "(KHTML, like Gecko) Version/16.6 Safari/605.1.15"
+        ),
+        "desktop",
+        3,
+    ),
     # Firefox
-    ("Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:125.0) Gecko/20100101 Firefox/125.0",
-     "desktop", 7),
-    ("Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:115.0) Gecko/20100101 Firefox/115.0",
-     "desktop", 2),
-    ("Mozilla/5.0 (Macintosh; Intel Mac OS X 14.4; rv:125.0) Gecko/20100101 Firefox/125.0",
-     "desktop", 2),
+    ("Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:125.0) Gecko/20100101 Firefox/125.0", "desktop", 7),
+    ("Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:115.0) Gecko/20100101 Firefox/115.0", "desktop", 2),
+    ("Mozilla/5.0 (Macintosh; Intel Mac OS X 14.4; rv:125.0) Gecko/20100101 Firefox/125.0", "desktop", 2),
     ("Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0", "desktop", 3),
-    ("Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:124.0) Gecko/20100101 Firefox/124.0",
-     "desktop", 2),
+    ("Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:124.0) Gecko/20100101 Firefox/124.0", "desktop", 2),
     ("Mozilla/5.0 (Android 14; Mobile; rv:125.0) Gecko/125.0 Firefox/125.0", "mobile", 2),
-    (("Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 "
-     "(KHTML, like Gecko) FxiOS/125.0 Mobile/15E148 Safari/605.1.15"), "mobile", 1),
+    (
+        (
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 "
+            "(KHTML, like Gecko) FxiOS/125.0 Mobile/15E148 Safari/605.1.15"
+        ),
+        "mobile",
+        1,
+    ),
     # Edge
-    (("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
-     "Chrome/124.0.0.0 Safari/537.36 Edg/124.0.2478.67"), "desktop", 9),
-    (("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) "
-     "Chrome/124.0.0.0 Safari/537.36 Edg/124.0.2478.51"), "desktop", 1),
-    (("Mozilla/5.0 (Linux; Android 10; K) AppleWebKit/537.36 (KHTML, like Gecko) "
-     "Chrome/124.0.0.0 Mobile Safari/537.36 EdgA/124.0.2478.64"), "mobile", 1),
+    (
+        (
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+            "Chrome/124.0.0.0 Safari/537.36 Edg/124.0.2478.67"
+        ),
+        "desktop",
+        9,
+    ),
+    (
+        (
+            "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) "
+            "Chrome/124.0.0.0 Safari/537.36 Edg/124.0.2478.51"
+        ),
+        "desktop",
+        1,
+    ),
+    (
+        (
+            "Mozilla/5.0 (Linux; Android 10; K) AppleWebKit/537.36 (KHTML, like Gecko) "
+            "Chrome/124.0.0.0 Mobile Safari/537.36 EdgA/124.0.2478.64"
+        ),
+        "mobile",
+        1,
+    ),
     # Opera
-    (("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
-     "Chrome/124.0.0.0 Safari/537.36 OPR/110.0.0.0"), "desktop", 1),
+    (
+        (
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+            "Chrome/124.0.0.0 Safari/537.36 OPR/110.0.0.0"
+        ),
+        "desktop",
+        1,
+    ),
     # Bots and tools: the hub must filter these, so they have to be here.
     ("Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)", "bot", 4),
-    (("Mozilla/5.0 (Linux; Android 6.0.1; Nexus 5X Build/MMB29P) AppleWebKit/537.36 "
-     "(KHTML, like Gecko) Chrome/124.0.6367.91 Mobile Safari/537.36 "
-     "(compatible; Googlebot/2.1; +http://www.google.com/bot.html)"), "bot", 3),
+    (
+        (
+            "Mozilla/5.0 (Linux; Android 6.0.1; Nexus 5X Build/MMB29P) AppleWebKit/537.36 "
+            "(KHTML, like Gecko) Chrome/124.0.6367.91 Mobile Safari/537.36 "
+            "(compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+        ),
+        "bot",
+        3,
+    ),
     ("Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)", "bot", 2),
     ("Mozilla/5.0 (compatible; AhrefsBot/7.0; +http://ahrefs.com/robot/)", "bot", 2),
     ("Mozilla/5.0 (compatible; YandexBot/3.0; +http://yandex.com/bots)", "bot", 1),
-    ("Mozilla/5.0 (compatible; DuckDuckBot-Https/1.1; https://duckduckgo.com/duckduckbot)",
-     "bot", 1),
+    ("Mozilla/5.0 (compatible; DuckDuckBot-Https/1.1; https://duckduckgo.com/duckduckbot)", "bot", 1),
     ("facebookexternalhit/1.1 (+http://www.facebook.com/externalhit_uatext.php)", "bot", 1),
     ("curl/8.5.0", "tool", 1),
     ("python-requests/2.31.0", "tool", 1),
 )
 
 SCREENS: dict[str, tuple[str, ...]] = {
-    "desktop": ("1920x1080", "1920x1080", "2560x1440", "1366x768", "1536x864", "1440x900",
-                "1680x1050", "3840x2160", "2880x1800"),
+    "desktop": (
+        "1920x1080",
+        "1920x1080",
+        "2560x1440",
+        "1366x768",
+        "1536x864",
+        "1440x900",
+        "1680x1050",
+        "3840x2160",
+        "2880x1800",
+    ),
     "mobile": ("390x844", "393x852", "414x896", "360x800", "412x915", "375x667", "430x932"),
     "tablet": ("820x1180", "1024x1366", "810x1080"),
     "bot": ("1024x1024", "412x732"),
     "tool": ("",),
 }
-LANGUAGES: tuple[str, ...] = ("en-US", "en-US", "en-US", "en-GB", "de-DE", "fr-FR", "es-ES",
-                              "nl-NL", "pt-BR", "it-IT", "pl-PL", "ja-JP")
+LANGUAGES: tuple[str, ...] = (
+    "en-US",
+    "en-US",
+    "en-US",
+    "en-GB",
+    "de-DE",
+    "fr-FR",
+    "es-ES",
+    "nl-NL",
+    "pt-BR",
+    "it-IT",
+    "pl-PL",
+    "ja-JP",
+)
 
 # (path, title) of a small marketing site + blog + shop. Popularity is assigned per site.
 PAGES: tuple[tuple[str, str], ...] = (
-    ("/", "Home"), ("/pricing", "Pricing"), ("/features", "Features"),
-    ("/features/offline-sync", "Offline sync"), ("/features/cameras", "Camera integration"),
-    ("/features/sensors", "Sensor dashboards"), ("/docs", "Documentation"),
-    ("/docs/getting-started", "Getting started"), ("/docs/install", "Install the edge box"),
-    ("/docs/mqtt", "Publishing over MQTT"), ("/docs/http-api", "HTTP API"),
-    ("/docs/faq", "FAQ"), ("/blog", "Blog"),
+    ("/", "Home"),
+    ("/pricing", "Pricing"),
+    ("/features", "Features"),
+    ("/features/offline-sync", "Offline sync"),
+    ("/features/cameras", "Camera integration"),
+    ("/features/sensors", "Sensor dashboards"),
+    ("/docs", "Documentation"),
+    ("/docs/getting-started", "Getting started"),
+    ("/docs/install", "Install the edge box"),
+    ("/docs/mqtt", "Publishing over MQTT"),
+    ("/docs/http-api", "HTTP API"),
+    ("/docs/faq", "FAQ"),
+    ("/blog", "Blog"),
     ("/blog/offline-first-analytics", "Why offline-first analytics"),
     ("/blog/sqlite-on-the-edge", "SQLite on the edge"),
     ("/blog/camera-false-positives", "Fewer camera false positives"),
     ("/blog/greenhouse-monitoring", "Greenhouse monitoring on a budget"),
-    ("/blog/release-2-4", "Release 2.4"), ("/blog/privacy-by-design", "Privacy by design"),
-    ("/shop", "Shop"), ("/shop/edge-box", "Edge box"), ("/shop/camera-kit", "Camera kit"),
-    ("/shop/sensor-pack", "Sensor pack"), ("/cart", "Your cart"), ("/checkout", "Checkout"),
-    ("/checkout/complete", "Thank you"), ("/about", "About us"), ("/careers", "Careers"),
-    ("/contact", "Contact"), ("/login", "Sign in"), ("/signup", "Create an account"),
-    ("/account", "Your account"), ("/status", "System status"),
+    ("/blog/release-2-4", "Release 2.4"),
+    ("/blog/privacy-by-design", "Privacy by design"),
+    ("/shop", "Shop"),
+    ("/shop/edge-box", "Edge box"),
+    ("/shop/camera-kit", "Camera kit"),
+    ("/shop/sensor-pack", "Sensor pack"),
+    ("/cart", "Your cart"),
+    ("/checkout", "Checkout"),
+    ("/checkout/complete", "Thank you"),
+    ("/about", "About us"),
+    ("/careers", "Careers"),
+    ("/contact", "Contact"),
+    ("/login", "Sign in"),
+    ("/signup", "Create an account"),
+    ("/account", "Your account"),
+    ("/status", "System status"),
     ("/case-studies/dairy-farm", "Case study: a dairy farm"),
-    ("/case-studies/vineyard", "Case study: a vineyard"), ("/privacy", "Privacy policy"),
-    ("/terms", "Terms of service"), ("/404", "Page not found"),
+    ("/case-studies/vineyard", "Case study: a vineyard"),
+    ("/privacy", "Privacy policy"),
+    ("/terms", "Terms of service"),
+    ("/404", "Page not found"),
 )
 
 # Referrer classes for the *first* view of a session (later views are internal).
 REFERRER_CLASS_WEIGHTS: dict[str, int] = {
-    "direct": 30, "search": 35, "social": 12, "email": 6, "other": 7,
+    "direct": 30,
+    "search": 35,
+    "social": 12,
+    "email": 6,
+    "other": 7,
 }
 SEARCH_REFERRERS: tuple[tuple[str, str], ...] = (
-    ("https://www.google.com/", "google"), ("https://www.google.com/", "google"),
-    ("https://www.google.de/", "google"), ("https://www.google.co.uk/", "google"),
-    ("https://www.bing.com/", "bing"), ("https://duckduckgo.com/", "duckduckgo"),
+    ("https://www.google.com/", "google"),
+    ("https://www.google.com/", "google"),
+    ("https://www.google.de/", "google"),
+    ("https://www.google.co.uk/", "google"),
+    ("https://www.bing.com/", "bing"),
+    ("https://duckduckgo.com/", "duckduckgo"),
 )
 SOCIAL_REFERRERS: tuple[tuple[str, str], ...] = (
-    ("https://l.facebook.com/", "facebook"), ("https://www.facebook.com/", "facebook"),
-    ("https://t.co/", "twitter"), ("https://twitter.com/", "twitter"),
-    ("https://www.reddit.com/r/homestead/", "reddit"), ("https://out.reddit.com/", "reddit"),
+    ("https://l.facebook.com/", "facebook"),
+    ("https://www.facebook.com/", "facebook"),
+    ("https://t.co/", "twitter"),
+    ("https://twitter.com/", "twitter"),
+    ("https://www.reddit.com/r/homestead/", "reddit"),
+    ("https://out.reddit.com/", "reddit"),
 )
-EMAIL_REFERRERS: tuple[str, ...] = ("", "", "https://mail.google.com/",
-                                    "https://outlook.live.com/")
+EMAIL_REFERRERS: tuple[str, ...] = ("", "", "https://mail.google.com/", "https://outlook.live.com/")
 OTHER_REFERRERS: tuple[str, ...] = (
-    "https://news.ycombinator.com/", "https://github.com/", "https://www.producthunt.com/",
-    "https://blog.example.org/farm-tech-roundup", "https://forum.example.net/t/edge-boxes/42",
+    "https://news.ycombinator.com/",
+    "https://github.com/",
+    "https://www.producthunt.com/",
+    "https://blog.example.org/farm-tech-roundup",
+    "https://forum.example.net/t/edge-boxes/42",
 )
 CAMPAIGNS: dict[str, tuple[str, ...]] = {
     "email": ("weekly_digest", "spring_sale", "launch_2026"),
@@ -257,10 +430,19 @@ SENSOR_SPECS: tuple[SensorSpec, ...] = (
     ("coldroom-temp", "temperature", "celsius", -30.0, 15.0, 3.0, 0.08, -1.0, 6.0),
     ("pump-pressure", "pressure", "kPa", 0.0, 600.0, 310.0, 2.0, 150.0, 500.0),
 )
-LOGIN_USERS: tuple[str, ...] = ("anna", "bram", "chloe", "dev", "farm-manager", "ops",
-                                "viewer", "installer")
-BRUTE_FORCE_USERS: tuple[str, ...] = ("admin", "root", "pi", "ubuntu", "test", "user",
-                                      "administrator", "guest", "oracle", "support")
+LOGIN_USERS: tuple[str, ...] = ("anna", "bram", "chloe", "dev", "farm-manager", "ops", "viewer", "installer")
+BRUTE_FORCE_USERS: tuple[str, ...] = (
+    "admin",
+    "root",
+    "pi",
+    "ubuntu",
+    "test",
+    "user",
+    "administrator",
+    "guest",
+    "oracle",
+    "support",
+)
 OPS_ERRORS: tuple[tuple[str, str, str], ...] = (
     ("camera_stream", "E_RTSP_TIMEOUT", "RTSP stream timed out after 10 s"),
     ("camera_stream", "E_DECODE", "H.264 decode error, frame dropped"),
@@ -412,13 +594,11 @@ class TrafficGenerator:
         self._kinds = _Weighted(list(MIX_WEIGHTS), list(MIX_WEIGHTS.values()))
         self._uas = _Weighted(USER_AGENTS, [w for _, _, w in USER_AGENTS])
         self._pages = _Weighted(range(len(PAGES)), _zipf_weights(len(PAGES)))
-        self._ref_classes = _Weighted(list(REFERRER_CLASS_WEIGHTS),
-                                      list(REFERRER_CLASS_WEIGHTS.values()))
+        self._ref_classes = _Weighted(list(REFERRER_CLASS_WEIGHTS), list(REFERRER_CLASS_WEIGHTS.values()))
         self._labels = _Weighted(list(DETECTION_LABELS), list(DETECTION_LABELS.values()))
         self._error_sev = _Weighted(list(ERROR_SEVERITIES), list(ERROR_SEVERITIES.values()))
         start = self._now_ms()
-        self.sites = [self._make_site(n, start) for n in range(site_offset + 1,
-                                                               site_offset + sites + 1)]
+        self.sites = [self._make_site(n, start) for n in range(site_offset + 1, site_offset + sites + 1)]
         # Heartbeats go round-robin over every device, which makes them periodic per device.
         self._devices = [d for s in self.sites for d in (s.gateway, *s.cameras, *s.sensors)]
         self._heartbeat_cursor = 0
@@ -432,30 +612,48 @@ class TrafficGenerator:
 
         def source(sid: str, stype: str, kind: str, version: str, **meta: Any) -> _Source:
             return _Source(
-                id=sid, type=stype, kind=kind, site=n, version=version,
+                id=sid,
+                type=stype,
+                kind=kind,
+                site=n,
+                version=version,
                 metadata={"site_id": site_id, **meta},
                 # Devices have been up for anything from minutes to a month.
                 boot_ms=start_ms - rng.randint(60_000, 30 * 86_400_000),
-                cpu=rng.uniform(3, 25), memory=rng.uniform(25, 60), disk=rng.uniform(10, 70),
+                cpu=rng.uniform(3, 25),
+                memory=rng.uniform(25, 60),
+                disk=rng.uniform(10, 70),
             )
 
         web = source(f"{site_id}-web", "browser", "web", "1.2.3", sdk="edgekite-js")
-        app = source(f"{site_id}-app", "mobile", "app", f"3.{rng.randint(0, 9)}.{rng.randint(0, 20)}",
-                     platform=rng.choice(("ios", "android")))
+        app = source(
+            f"{site_id}-app",
+            "mobile",
+            "app",
+            f"3.{rng.randint(0, 9)}.{rng.randint(0, 20)}",
+            platform=rng.choice(("ios", "android")),
+        )
         gateway = source(f"{site_id}-gw", "server", "gateway", "0.9.4", role="edge-gateway")
         cameras = []
         for k in range(self.CAMERAS_PER_SITE):
             index = (n - 1) * self.CAMERAS_PER_SITE + k
             location, zones = CAMERA_LOCATIONS[index % len(CAMERA_LOCATIONS)]
-            cam = source(f"cam-{location}-{index + 1:02d}", "edge_device", "camera", "2.1.0",
-                         firmware="nvr-2.1.0", resolution="1920x1080")
+            cam = source(
+                f"cam-{location}-{index + 1:02d}",
+                "edge_device",
+                "camera",
+                "2.1.0",
+                firmware="nvr-2.1.0",
+                resolution="1920x1080",
+            )
             cam.zones = zones
             cameras.append(cam)
         sensors = []
         for k in range(self.SENSORS_PER_SITE):
             spec = SENSOR_SPECS[((n - 1) * self.SENSORS_PER_SITE + k) % len(SENSOR_SPECS)]
-            sensor = source(f"sensor-{spec[0]}{suffix}", "edge_device", "sensor", "1.0.7",
-                            firmware="esp32-fw-1.0.7")
+            sensor = source(
+                f"sensor-{spec[0]}{suffix}", "edge_device", "sensor", "1.0.7", firmware="esp32-fw-1.0.7"
+            )
             sensor.spec = spec
             sensor.value = spec[5] + rng.uniform(-spec[6], spec[6]) * 10
             sensors.append(sensor)
@@ -464,14 +662,20 @@ class TrafficGenerator:
         # Keep the home page the most popular everywhere, as it is on real sites.
         page_order.remove(0)
         page_order.insert(0, 0)
-        return _Site(web=web, app=app, gateway=gateway, cameras=cameras, sensors=sensors,
-                     domain=f"site{n}.example.com", page_order=page_order)
+        return _Site(
+            web=web,
+            app=app,
+            gateway=gateway,
+            cameras=cameras,
+            sensors=sensors,
+            domain=f"site{n}.example.com",
+            page_order=page_order,
+        )
 
     @property
     def sources(self) -> list[str]:
         """Every source id this generator can publish as."""
-        return [src.id for s in self.sites
-                for src in (s.web, s.app, s.gateway, *s.cameras, *s.sensors)]
+        return [src.id for s in self.sites for src in (s.web, s.app, s.gateway, *s.cameras, *s.sensors)]
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -509,10 +713,19 @@ class TrafficGenerator:
         env: Envelope = {
             "event_id": event_id or self._uuid(),
             "observed_at": observed_at if observed_at is not None else self._observed(),
-            "source": {"type": src.type, "id": src.id, "version": src.version,
-                       "metadata": dict(src.metadata)},
-            "event": {"category": category, "type": etype, "severity": severity,
-                      "schema_version": SCHEMA_VERSION, "data": data},
+            "source": {
+                "type": src.type,
+                "id": src.id,
+                "version": src.version,
+                "metadata": dict(src.metadata),
+            },
+            "event": {
+                "category": category,
+                "type": etype,
+                "severity": severity,
+                "schema_version": SCHEMA_VERSION,
+                "data": data,
+            },
         }
         if correlation:
             env["correlation"] = correlation
@@ -563,8 +776,7 @@ class TrafficGenerator:
         event = env["event"]
         return source_id, {
             "source": {"type": env["source"]["type"]},
-            "event": {"category": event["category"], "type": event["type"],
-                      "data": event["data"]},
+            "event": {"category": event["category"], "type": event["type"], "data": event["data"]},
         }
 
     # -- kinds ----------------------------------------------------------------------------
@@ -576,10 +788,14 @@ class TrafficGenerator:
         # Crawlers walk several pages; about 35 % of human sessions bounce after one.
         views = rng.randint(1, 15) if is_bot else 1 if rng.random() < 0.35 else rng.randint(2, 12)
         return _Visitor(
-            session_id=self._uuid(), user_agent=ua, device=device, ip=self._ip(),
+            session_id=self._uuid(),
+            user_agent=ua,
+            device=device,
+            ip=self._ip(),
             screen=rng.choice(SCREENS[device]),
             language="" if device == "tool" else rng.choice(LANGUAGES),
-            views_left=views, is_bot=is_bot,
+            views_left=views,
+            is_bot=is_bot,
         )
 
     def _landing(self, visitor: _Visitor) -> tuple[str, dict[str, str]]:
@@ -593,30 +809,37 @@ class TrafficGenerator:
         if ref_class == "search":
             referrer, engine = rng.choice(SEARCH_REFERRERS)
             if rng.random() < 0.15:  # paid search
-                utm = {"utm_source": engine, "utm_medium": "cpc",
-                       "utm_campaign": rng.choice(CAMPAIGNS["cpc"])}
+                utm = {
+                    "utm_source": engine,
+                    "utm_medium": "cpc",
+                    "utm_campaign": rng.choice(CAMPAIGNS["cpc"]),
+                }
         elif ref_class == "social":
             referrer, network = rng.choice(SOCIAL_REFERRERS)
             if rng.random() < 0.5:
-                utm = {"utm_source": network, "utm_medium": "social",
-                       "utm_campaign": rng.choice(CAMPAIGNS["social"])}
+                utm = {
+                    "utm_source": network,
+                    "utm_medium": "social",
+                    "utm_campaign": rng.choice(CAMPAIGNS["social"]),
+                }
         elif ref_class == "email":
             referrer = rng.choice(EMAIL_REFERRERS)
-            utm = {"utm_source": "newsletter", "utm_medium": "email",
-                   "utm_campaign": rng.choice(CAMPAIGNS["email"])}
+            utm = {
+                "utm_source": "newsletter",
+                "utm_medium": "email",
+                "utm_campaign": rng.choice(CAMPAIGNS["email"]),
+            }
         elif ref_class == "other":
             referrer = rng.choice(OTHER_REFERRERS)
         return referrer, utm
 
     def _page_view(self, site: _Site) -> tuple[str, Envelope]:
         rng = self._rng
-        if not site.visitors or (len(site.visitors) < self.MAX_ACTIVE_VISITORS
-                                 and rng.random() < 0.3):
+        if not site.visitors or (len(site.visitors) < self.MAX_ACTIVE_VISITORS and rng.random() < 0.3):
             site.visitors.append(self._new_visitor(site))
         visitor = rng.choice(site.visitors)
         # Crawlers do not follow popularity; people do.
-        page = (rng.randrange(len(PAGES)) if visitor.is_bot
-                else site.page_order[self._pages.pick(rng)])
+        page = rng.randrange(len(PAGES)) if visitor.is_bot else site.page_order[self._pages.pick(rng)]
         path, title = PAGES[page]
         utm: dict[str, str] = {}
         if visitor.last_url is None:
@@ -631,13 +854,25 @@ class TrafficGenerator:
         if visitor.views_left <= 0:
             site.visitors.remove(visitor)
         data: dict[str, Any] = {
-            "url": url, "referrer": referrer, "title": f"{title} | Site {site.web.site}",
-            "user_agent": visitor.user_agent, "screen": visitor.screen,
-            "language": visitor.language, "ip": visitor.ip, **utm,
+            "url": url,
+            "referrer": referrer,
+            "title": f"{title} | Site {site.web.site}",
+            "user_agent": visitor.user_agent,
+            "screen": visitor.screen,
+            "language": visitor.language,
+            "ip": visitor.ip,
+            **utm,
         }
-        return self._envelope(site.web, "web", "page_view", "info", data,
-                              correlation={"session_id": visitor.session_id},
-                              pii=True, retention="standard")
+        return self._envelope(
+            site.web,
+            "web",
+            "page_view",
+            "info",
+            data,
+            correlation={"session_id": visitor.session_id},
+            pii=True,
+            retention="standard",
+        )
 
     def _sensor_reading(self, site: _Site, sensor: _Source | None = None) -> tuple[str, Envelope]:
         rng = self._rng
@@ -649,9 +884,14 @@ class TrafficGenerator:
         sensor.value = min(high, max(low, sensor.value))
         value = round(sensor.value, 2)
         severity = "warn" if value < warn_below or value > warn_above else "info"
-        return self._envelope(sensor, "iot", "sensor_reading", severity,
-                              {"metric": metric, "value": value, "unit": unit},
-                              retention="short")
+        return self._envelope(
+            sensor,
+            "iot",
+            "sensor_reading",
+            severity,
+            {"metric": metric, "value": value, "unit": unit},
+            retention="short",
+        )
 
     def _heartbeat(self) -> tuple[str, Envelope]:
         rng = self._rng
@@ -671,8 +911,9 @@ class TrafficGenerator:
             "disk_percent": round(device.disk, 1),
             "event_queue_size": queue_size,
         }
-        return self._envelope(device, "ops", "heartbeat", "info", data, observed_at=observed,
-                              retention="short")
+        return self._envelope(
+            device, "ops", "heartbeat", "info", data, observed_at=observed, retention="short"
+        )
 
     def _detection(self, site: _Site) -> tuple[str, Envelope]:
         rng = self._rng
@@ -685,12 +926,14 @@ class TrafficGenerator:
             first = self._now_ms() - sum(gaps) - rng.randint(0, 1500)
             times = list(itertools.accumulate(gaps, initial=first))
             incident = _Incident(
-                incident_id=self._uuid(), camera=camera, label=self._labels.pick(rng),
-                times_ms=times, zone=rng.choice(camera.zones),
+                incident_id=self._uuid(),
+                camera=camera,
+                label=self._labels.pick(rng),
+                times_ms=times,
+                zone=rng.choice(camera.zones),
                 bbox=[rng.randint(0, 1500), rng.randint(0, 700), 0, 0],
             )
-            w, h = {"person": (60, 160), "vehicle": (260, 170), "animal": (120, 80)}[
-                incident.label]
+            w, h = {"person": (60, 160), "vehicle": (260, 170), "animal": (120, 80)}[incident.label]
             incident.bbox[2:] = [w, h]
             site.incident = incident
         observed = incident.times_ms.pop(0)
@@ -713,22 +956,36 @@ class TrafficGenerator:
             "size_bytes": rng.randint(18_000, 95_000),
         }
         data = {
-            "camera_id": camera.id, "label": incident.label,
+            "camera_id": camera.id,
+            "label": incident.label,
             "confidence": round(rng.uniform(0.5, 0.99), 3),
-            "bbox": {"x": bx, "y": by, "w": bw, "h": bh}, "zone": incident.zone,
+            "bbox": {"x": bx, "y": by, "w": bw, "h": bh},
+            "zone": incident.zone,
         }
-        return self._envelope(camera, "iot", f"{incident.label}_detected", "info", data,
-                              observed_at=observed, event_id=event_id,
-                              correlation={"incident_id": incident.incident_id},
-                              attachments=[thumbnail], retention="long")
+        return self._envelope(
+            camera,
+            "iot",
+            f"{incident.label}_detected",
+            "info",
+            data,
+            observed_at=observed,
+            event_id=event_id,
+            correlation={"incident_id": incident.incident_id},
+            attachments=[thumbnail],
+            retention="long",
+        )
 
     def _login_attempt(self, site: _Site) -> tuple[str, Envelope]:
         rng = self._rng
         burst = site.login_burst
         correlation: dict[str, str] | None = None
         if burst is None and rng.random() < 0.12:
-            burst = _LoginBurst(correlation_id=self._uuid(), ip=self._ip(),
-                                left=rng.randint(5, 20), method=rng.choice(("ssh", "password")))
+            burst = _LoginBurst(
+                correlation_id=self._uuid(),
+                ip=self._ip(),
+                left=rng.randint(5, 20),
+                method=rng.choice(("ssh", "password")),
+            )
             site.login_burst = burst
         if burst is not None:
             burst.left -= 1
@@ -743,16 +1000,30 @@ class TrafficGenerator:
             ip = self._ip()
             method = rng.choice(("password", "password", "sso", "ssh_key", "api_token"))
             success = rng.random() < 0.9
-            reason = None if success else rng.choice(
-                ("invalid_password", "invalid_password", "expired_token", "mfa_failed"))
-        data: dict[str, Any] = {"username": username, "success": success, "method": method,
-                                "ip": ip, "service": "ssh" if method in ("ssh", "ssh_key")
-                                else "dashboard"}
+            reason = (
+                None
+                if success
+                else rng.choice(("invalid_password", "invalid_password", "expired_token", "mfa_failed"))
+            )
+        data: dict[str, Any] = {
+            "username": username,
+            "success": success,
+            "method": method,
+            "ip": ip,
+            "service": "ssh" if method in ("ssh", "ssh_key") else "dashboard",
+        }
         if reason is not None:
             data["reason"] = reason
-        return self._envelope(site.gateway, "security", "login_attempt",
-                              "info" if success else "warn", data, correlation=correlation,
-                              pii=True, retention="long")
+        return self._envelope(
+            site.gateway,
+            "security",
+            "login_attempt",
+            "info" if success else "warn",
+            data,
+            correlation=correlation,
+            pii=True,
+            retention="long",
+        )
 
     def _error(self, site: _Site) -> tuple[str, Envelope]:
         rng = self._rng
@@ -764,9 +1035,14 @@ class TrafficGenerator:
             src, category = site.app, "app"
             component, code, message = rng.choice(APP_ERRORS)
         severity = self._error_sev.pick(rng)
-        return self._envelope(src, category, "error", severity,
-                              {"component": component, "message": message, "code": code},
-                              retention="standard")
+        return self._envelope(
+            src,
+            category,
+            "error",
+            severity,
+            {"component": component, "message": message, "code": code},
+            retention="standard",
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -792,8 +1068,9 @@ class BrokerURL:
         """Parse a broker URL, rejecting anything we would silently misinterpret."""
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts"):
-            raise PublishError(f"unsupported MQTT URL scheme {parts.scheme!r} in {url!r} "
-                               "(use mqtt:// or mqtts://)")
+            raise PublishError(
+                f"unsupported MQTT URL scheme {parts.scheme!r} in {url!r} (use mqtt:// or mqtts://)"
+            )
         if parts.path not in ("", "/") or parts.query or parts.fragment:
             raise PublishError(f"MQTT URL {url!r} must not have a path, query or fragment")
         try:
@@ -804,7 +1081,9 @@ class BrokerURL:
             raise PublishError(f"MQTT URL {url!r} has no host")
         tls = parts.scheme == "mqtts"
         return cls(
-            host=parts.hostname, port=port or (8883 if tls else 1883), tls=tls,
+            host=parts.hostname,
+            port=port or (8883 if tls else 1883),
+            tls=tls,
             username=unquote(parts.username) if parts.username else None,
             password=unquote(parts.password) if parts.password else None,
         )
@@ -837,19 +1116,22 @@ class PublishReport:
 
     def line(self) -> str:
         """One human-readable line, the CLI's output."""
-        text = (f"sent={self.sent} acked={self.acked} messages={self.messages} "
-                f"seconds={self.seconds:.2f} rate={self.rate:.0f}/s qos={self.qos} "
-                f"processes={self.processes}")
-        return (text + (" interrupted" if self.interrupted else "")
-                + (" stalled" if self.stalled else ""))
+        text = (
+            f"sent={self.sent} acked={self.acked} messages={self.messages} "
+            f"seconds={self.seconds:.2f} rate={self.rate:.0f}/s qos={self.qos} "
+            f"processes={self.processes}"
+        )
+        return text + (" interrupted" if self.interrupted else "") + (" stalled" if self.stalled else "")
 
     @classmethod
     def combine(cls, reports: Sequence[PublishReport]) -> PublishReport:
         """Sum parallel workers' reports; they started together, so time is the longest."""
         return cls(
-            sent=sum(r.sent for r in reports), acked=sum(r.acked for r in reports),
+            sent=sum(r.sent for r in reports),
+            acked=sum(r.acked for r in reports),
             messages=sum(r.messages for r in reports),
-            seconds=max((r.seconds for r in reports), default=0.0), processes=len(reports),
+            seconds=max((r.seconds for r in reports), default=0.0),
+            processes=len(reports),
             qos=reports[0].qos if reports else 1,
             interrupted=any(r.interrupted for r in reports),
             stalled=any(r.stalled for r in reports),
@@ -918,8 +1200,9 @@ class _Publisher:
         self.stalled = False
         self.qos = qos
         self.window = window
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  protocol=MQTTProtocolVersion.MQTTv311)
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv311
+        )
         self.client.max_inflight_messages_set(window)
         user = username if username is not None else broker.username
         pwd = password if password is not None else broker.password
@@ -943,22 +1226,29 @@ class _Publisher:
 
     # paho callbacks (run on paho's network thread)
 
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any,
-                    reason_code: Any, properties: Any) -> None:
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
+    ) -> None:
         if reason_code.is_failure:
             self._connect_failure = str(reason_code)
         else:
             logger.debug("connected to %s:%d", self.broker.host, self.broker.port)
         self._connected.set()
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any,
-                       reason_code: Any, properties: Any) -> None:
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
+    ) -> None:
         if reason_code.is_failure:
-            logger.warning("disconnected from %s:%d (%s); paho will reconnect",
-                           self.broker.host, self.broker.port, reason_code)
+            logger.warning(
+                "disconnected from %s:%d (%s); paho will reconnect",
+                self.broker.host,
+                self.broker.port,
+                reason_code,
+            )
 
-    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int,
-                    reason_code: Any, properties: Any) -> None:
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any
+    ) -> None:
         self._acked_mids.append(mid)
         self._slots.release()
 
@@ -987,8 +1277,9 @@ class _Publisher:
                 self.acked += n
                 self.acked_messages += 1
 
-    def send(self, topic: str, payload: bytes, envelopes: int,
-             stop: Callable[[], bool] | None = None) -> bool:
+    def send(
+        self, topic: str, payload: bytes, envelopes: int, stop: Callable[[], bool] | None = None
+    ) -> bool:
         """Publish one message once a window slot is free.
 
         Returns False, without publishing, if stopped while waiting or if the broker has
@@ -1004,14 +1295,21 @@ class _Publisher:
             if stop is not None and stop():
                 return False
             if waited >= self.stall_secs:
-                logger.error("no acknowledgement from %s:%d for %.0f s with %d messages in "
-                             "flight; giving up", self.broker.host, self.broker.port, waited,
-                             len(self._pending))
+                logger.error(
+                    "no acknowledgement from %s:%d for %.0f s with %d messages in flight; giving up",
+                    self.broker.host,
+                    self.broker.port,
+                    waited,
+                    len(self._pending),
+                )
                 self.stalled = True
                 return False
             if waited % 10 < step:
-                logger.warning("no acknowledgement from the broker for %.0f s "
-                               "(%d messages in flight)", waited, len(self._pending))
+                logger.warning(
+                    "no acknowledgement from the broker for %.0f s (%d messages in flight)",
+                    waited,
+                    len(self._pending),
+                )
         info = self.client.publish(topic, payload, qos=self.qos)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             # NO_CONN means queued for the reconnect; anything else is a real refusal.
@@ -1036,8 +1334,11 @@ class _Publisher:
             if self.acked_messages >= self.messages:
                 return True
             if time.monotonic() >= deadline:
-                logger.warning("gave up waiting: %d of %d messages unacknowledged",
-                               self.messages - self.acked_messages, self.messages)
+                logger.warning(
+                    "gave up waiting: %d of %d messages unacknowledged",
+                    self.messages - self.acked_messages,
+                    self.messages,
+                )
                 return False
             time.sleep(0.002)
 
@@ -1070,12 +1371,18 @@ class _Job:
     progress_secs: float = 5.0
 
 
-def _run_job(job: _Job, stop: Callable[[], bool],
-             ready: Callable[[], None] | None = None) -> PublishReport:
+def _run_job(job: _Job, stop: Callable[[], bool], ready: Callable[[], None] | None = None) -> PublishReport:
     """Generate and publish one worker's share; the single place the hot loop lives."""
     gen = TrafficGenerator(seed=job.seed, sites=job.sites, site_offset=job.site_offset)
-    pub = _Publisher(job.broker, client_id=job.client_id, qos=job.qos, window=job.window,
-                     username=job.username, password=job.password, stall_secs=job.stall_secs)
+    pub = _Publisher(
+        job.broker,
+        client_id=job.client_id,
+        qos=job.qos,
+        window=job.window,
+        username=job.username,
+        password=job.password,
+        stall_secs=job.stall_secs,
+    )
     pub.connect()
     interrupted = False
     try:
@@ -1110,8 +1417,13 @@ def _run_job(job: _Job, stop: Callable[[], bool],
                         flush(sid)
                     if now >= next_progress:
                         next_progress = now + job.progress_secs
-                        logger.info("%s: sent %d, acked %d, %.0f events/s", job.client_id,
-                                    pub.sent, pub.acked, pub.sent / (now - started))
+                        logger.info(
+                            "%s: sent %d, acked %d, %.0f events/s",
+                            job.client_id,
+                            pub.sent,
+                            pub.acked,
+                            pub.sent / (now - started),
+                        )
                 bucket.take()
                 source_id, env = gen.next_event()
                 produced += 1
@@ -1143,20 +1455,32 @@ def _run_job(job: _Job, stop: Callable[[], bool],
         seconds = time.monotonic() - started
     finally:
         pub.close()
-    return PublishReport(sent=pub.sent, acked=pub.acked, messages=pub.messages,
-                         seconds=seconds, qos=job.qos, interrupted=interrupted and not pub.stalled,
-                         stalled=pub.stalled)
+    return PublishReport(
+        sent=pub.sent,
+        acked=pub.acked,
+        messages=pub.messages,
+        seconds=seconds,
+        qos=job.qos,
+        interrupted=interrupted and not pub.stalled,
+        stalled=pub.stalled,
+    )
 
 
-def _worker_main(job: _Job, stop: EventType, barrier: BarrierType,
-                 results: multiprocessing.Queue[tuple[int, PublishReport | str]],
-                 index: int, log_level: int) -> None:
+def _worker_main(
+    job: _Job,
+    stop: EventType,
+    barrier: BarrierType,
+    results: multiprocessing.Queue[tuple[int, PublishReport | str]],
+    index: int,
+    log_level: int,
+) -> None:
     """Entry point of a spawned publisher process: run one job, report back on the queue."""
     # The parent owns Ctrl-C and tells us through ``stop``; a SIGINT here would kill us before
     # we could flush, drain and report.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=log_level,
-                        format="%(asctime)s %(processName)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=log_level, format="%(asctime)s %(processName)s %(levelname)s %(name)s: %(message)s"
+    )
 
     def ready() -> None:
         # Start together, so the combined report's time is the real wall time of the run.
@@ -1243,16 +1567,33 @@ def publish(
     run_id = os.urandom(3).hex()
     counts = _split(count, processes) if count else [0] * processes
     jobs = [
-        _Job(broker=broker, rate=rate / processes if rate > 0 else 0.0, count=counts[i],
-             seed=seed + i * 1_000_003, qos=qos, batch=batch, sites=sites,
-             site_offset=i * sites, username=username, password=password,
-             client_id=f"{client_id_prefix}-{i}-{run_id}", window=window,
-             stall_secs=stall_secs)
+        _Job(
+            broker=broker,
+            rate=rate / processes if rate > 0 else 0.0,
+            count=counts[i],
+            seed=seed + i * 1_000_003,
+            qos=qos,
+            batch=batch,
+            sites=sites,
+            site_offset=i * sites,
+            username=username,
+            password=password,
+            client_id=f"{client_id_prefix}-{i}-{run_id}",
+            window=window,
+            stall_secs=stall_secs,
+        )
         for i in range(processes)
     ]
-    logger.info("publishing %s envelopes to %s:%d at %s with %d process(es), qos %d, batch %d",
-                count or "unlimited", broker.host, broker.port,
-                f"{rate:g}/s" if rate > 0 else "full speed", processes, qos, batch)
+    logger.info(
+        "publishing %s envelopes to %s:%d at %s with %d process(es), qos %d, batch %d",
+        count or "unlimited",
+        broker.host,
+        broker.port,
+        f"{rate:g}/s" if rate > 0 else "full speed",
+        processes,
+        qos,
+        batch,
+    )
     # One process runs in-process: no spawn cost, and Ctrl-C lands in its loop directly.
     report = _run_job(jobs[0], lambda: False) if processes == 1 else _publish_parallel(jobs)
     logger.info("done: %s", report.line())
@@ -1272,9 +1613,12 @@ def _publish_parallel(jobs: list[_Job]) -> PublishReport:
     barrier = ctx.Barrier(len(jobs))
     results: multiprocessing.Queue[tuple[int, PublishReport | str]] = ctx.Queue()
     level = logger.getEffectiveLevel()
-    procs = [ctx.Process(target=_worker_main, name=f"sim-{i}",
-                         args=(job, stop, barrier, results, i, level), daemon=True)
-             for i, job in enumerate(jobs)]
+    procs = [
+        ctx.Process(
+            target=_worker_main, name=f"sim-{i}", args=(job, stop, barrier, results, i, level), daemon=True
+        )
+        for i, job in enumerate(jobs)
+    ]
     for p in procs:
         p.start()
     reports: dict[int, PublishReport] = {}
@@ -1290,8 +1634,10 @@ def _publish_parallel(jobs: list[_Job]) -> PublishReport:
             except queue.Empty:
                 if not any(p.is_alive() for p in procs) and results.empty():
                     codes = ", ".join(f"{p.name} exit code {p.exitcode}" for p in procs)
-                    errors.append(f"publisher processes ended without a report ({codes}); "
-                                  "is the entry point guarded by if __name__ == '__main__'?")
+                    errors.append(
+                        f"publisher processes ended without a report ({codes}); "
+                        "is the entry point guarded by if __name__ == '__main__'?"
+                    )
                     break
                 continue
             if isinstance(outcome, str):
@@ -1334,28 +1680,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     Credentials default to ``EDGEKITE_MQTT_USERNAME`` / ``EDGEKITE_MQTT_PASSWORD`` so that a
     password need not appear in the process list.
     """
-    parser.add_argument("--mqtt-url", default="mqtt://127.0.0.1:1883",
-                        help="broker, mqtt://host:port or mqtts://host:port "
-                             "(default: %(default)s)")
-    parser.add_argument("--rate", type=float, default=50.0,
-                        help="total events per second; <= 0 = as fast as possible "
-                             "(default: %(default)s)")
-    parser.add_argument("--count", type=_non_negative_int, default=1000,
-                        help="envelopes to publish; 0 = until Ctrl-C (default: %(default)s)")
+    parser.add_argument(
+        "--mqtt-url",
+        default="mqtt://127.0.0.1:1883",
+        help="broker, mqtt://host:port or mqtts://host:port (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=50.0,
+        help="total events per second; <= 0 = as fast as possible (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--count",
+        type=_non_negative_int,
+        default=1000,
+        help="envelopes to publish; 0 = until Ctrl-C (default: %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="traffic seed (default: 0)")
-    parser.add_argument("--qos", type=int, choices=(0, 1, 2), default=1,
-                        help="MQTT QoS (default: %(default)s)")
-    parser.add_argument("--batch", type=_positive_int, default=1,
-                        help="envelopes per message, sent as a JSON array (default: 1)")
-    parser.add_argument("--processes", type=_positive_int, default=1,
-                        help="publisher processes; one tops out near 9,000 msgs/s "
-                             "(default: 1)")
-    parser.add_argument("--sites", type=_positive_int, default=2,
-                        help="sites simulated per process (default: 2)")
-    parser.add_argument("--username", default=os.environ.get("EDGEKITE_MQTT_USERNAME"),
-                        help="broker user (default: $EDGEKITE_MQTT_USERNAME)")
-    parser.add_argument("--password", default=os.environ.get("EDGEKITE_MQTT_PASSWORD"),
-                        help="broker password (default: $EDGEKITE_MQTT_PASSWORD)")
+    parser.add_argument(
+        "--qos", type=int, choices=(0, 1, 2), default=1, help="MQTT QoS (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--batch",
+        type=_positive_int,
+        default=1,
+        help="envelopes per message, sent as a JSON array (default: 1)",
+    )
+    parser.add_argument(
+        "--processes",
+        type=_positive_int,
+        default=1,
+        help="publisher processes; one tops out near 9,000 msgs/s (default: 1)",
+    )
+    parser.add_argument(
+        "--sites", type=_positive_int, default=2, help="sites simulated per process (default: 2)"
+    )
+    parser.add_argument(
+        "--username",
+        default=os.environ.get("EDGEKITE_MQTT_USERNAME"),
+        help="broker user (default: $EDGEKITE_MQTT_USERNAME)",
+    )
+    parser.add_argument(
+        "--password",
+        default=os.environ.get("EDGEKITE_MQTT_PASSWORD"),
+        help="broker password (default: $EDGEKITE_MQTT_PASSWORD)",
+    )
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -1366,9 +1736,16 @@ def run_from_args(args: argparse.Namespace) -> int:
     """
     try:
         report = publish(
-            args.mqtt_url, args.rate, args.count, seed=args.seed, qos=args.qos,
-            batch=args.batch, processes=args.processes, username=args.username,
-            password=args.password, sites=getattr(args, "sites", 2),
+            args.mqtt_url,
+            args.rate,
+            args.count,
+            seed=args.seed,
+            qos=args.qos,
+            batch=args.batch,
+            processes=args.processes,
+            username=args.username,
+            password=args.password,
+            sites=getattr(args, "sites", 2),
         )
     except PublishError as exc:
         print(f"simulate: {exc}", file=sys.stderr)

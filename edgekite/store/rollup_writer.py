@@ -114,7 +114,7 @@ class RollupWriter:
             detection = is_detection(row.category, row.type)
             if not (web_view or alert or detection):
                 continue
-            data = orjson.loads(row.payload_json)
+            data = row.data if row.data is not None else orjson.loads(row.payload_json)
             if not isinstance(data, dict):
                 continue
             if web_view:

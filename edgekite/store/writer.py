@@ -9,6 +9,8 @@ PUBACK or the HTTP response is sent. Nothing is acknowledged before it is durabl
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import hashlib
 import logging
 import sqlite3
@@ -22,7 +24,7 @@ from typing import Any
 import zstandard
 
 from edgekite.config import EdgeConfig
-from edgekite.ingest import FLAG_SKEW_FUTURE, FLAG_SKEW_PAST, Decoded, EventRow, Rejection
+from edgekite.ingest import FLAG_SKEW_FUTURE, FLAG_SKEW_PAST, STORED_FIELDS, Decoded, EventRow, Rejection
 from edgekite.metrics import EdgeMetrics
 from edgekite.store import maintenance
 from edgekite.store.codec import PayloadCodec
@@ -161,9 +163,7 @@ class EdgeStore:
 
         Returns False on timeout; raises QueueClosedError when the store is shutting down.
         """
-        ok = self._queue.put(item, item.size or 1, timeout)
-        self._metrics.queue_depth.set(len(self._queue))
-        return ok
+        return self._queue.put(item, item.size or 1, timeout)  # the writer updates the depth gauge
 
     async def ingest(self, item: WriteItem) -> IngestResult:
         """Submit from asyncio and wait for the commit, without blocking the event loop."""
@@ -373,10 +373,10 @@ class EdgeStore:
         return rows, seq_updates
 
     def _encoded(self, rows: list[EventRow]) -> list[tuple[Any, ...]]:
-        """Rows as stored: JSON columns compressed once a dictionary exists."""
+        """Rows as stored: the table's columns, JSON compressed once a dictionary exists."""
         enc = self.codec.encode
         if self.codec.active_dict_id is None:
-            return rows  # type: ignore[return-value]
+            return [r[:STORED_FIELDS] for r in rows]
         return [
             (
                 *r[:10],
@@ -418,10 +418,13 @@ class EdgeStore:
             log.warning("could not train the payload dictionary yet: %s", exc)
             self._rows_written = 0
             return
+        n_samples = len(samples)
+        del samples
+        _release_heap()  # training's scratch memory would otherwise stay in the process for good
         log.info(
             "trained zstd dictionary %d from %d payload samples in %.0f ms; new rows are compressed",
             dict_id,
-            len(samples),
+            n_samples,
             (time.perf_counter() - t0) * 1000,
         )
 
@@ -539,6 +542,12 @@ class EdgeStore:
             maintenance.release_free_pages(conn)
         self._metrics.db_bytes.set(maintenance.live_bytes(conn))
         return more_retention or over
+
+
+def _release_heap() -> None:
+    """Hand freed heap back to the OS (glibc only; elsewhere a no-op)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _set_if_pending(fut: asyncio.Future[IngestResult], result: IngestResult) -> None:

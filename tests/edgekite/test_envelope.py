@@ -272,3 +272,23 @@ def test_json_schema_covers_the_envelope() -> None:
         "ops",
         "security",
     ]
+
+
+def test_the_byte_count_shortcut_never_skips_a_shape_that_fails() -> None:
+    from edgekite.ingest import check_shape, shape_cannot_fail
+
+    limits = LimitsSection(max_depth=4, max_keys=8, max_string_chars=64)
+    cases = [
+        {"a": {"b": {"c": 1}}},
+        {"a": {"b": {"c": {"d": {"e": 1}}}}},
+        {f"k{i}": i for i in range(9)},
+        {"s": "x" * 70},
+        {"l": list(range(5))},
+        {"a": "{[{[{[", "b": ":::::::::::"},
+    ]
+    for obj in cases:
+        payload = orjson.dumps(obj)
+        if shape_cannot_fail(payload, limits):
+            assert check_shape(obj, limits) is None, obj
+    assert shape_cannot_fail(orjson.dumps(cases[0]), limits)
+    assert not shape_cannot_fail(orjson.dumps(cases[1]), limits)

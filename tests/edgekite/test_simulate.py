@@ -45,9 +45,15 @@ from edgekite.simulate import (
 
 FIXED_NOW = 1_767_349_800_000  # 2026-01-02T10:30:00Z
 EXPECTED_TYPES = {
-    ("web", "page_view"), ("iot", "person_detected"), ("iot", "vehicle_detected"),
-    ("iot", "animal_detected"), ("iot", "sensor_reading"), ("ops", "heartbeat"),
-    ("ops", "error"), ("app", "error"), ("security", "login_attempt"),
+    ("web", "page_view"),
+    ("iot", "person_detected"),
+    ("iot", "vehicle_detected"),
+    ("iot", "animal_detected"),
+    ("iot", "sensor_reading"),
+    ("ops", "heartbeat"),
+    ("ops", "error"),
+    ("app", "error"),
+    ("security", "login_attempt"),
 }
 DOC_IP = re.compile(r"^(192\.0\.2|198\.51\.100|203\.0\.113)\.\d{1,3}$|^2001:db8::[0-9a-f:]+$")
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -97,8 +103,16 @@ def _check_envelope(source_id: str, env: dict[str, Any]) -> None:
         assert attachment["uri"].startswith("file:///media/")
         assert HEX64.match(attachment["sha256"])
         assert 0 < attachment["size_bytes"] < 1_000_000
-    assert set(env) <= {"event_id", "observed_at", "source", "event", "correlation",
-                        "attachments", "privacy", "sync"}
+    assert set(env) <= {
+        "event_id",
+        "observed_at",
+        "source",
+        "event",
+        "correlation",
+        "attachments",
+        "privacy",
+        "sync",
+    }
 
 
 def test_every_envelope_is_valid() -> None:
@@ -126,8 +140,15 @@ def test_type_specific_payloads() -> None:
             for key, value in utm.items():
                 assert f"{key}={value}" in data["url"]
     referrers = {env["event"]["data"]["referrer"] for env in by_type["page_view"]}
-    for fragment in ("google.", "bing.com", "duckduckgo.com", "facebook.com", "t.co",
-                     "reddit.com", ".example.com/"):
+    for fragment in (
+        "google.",
+        "bing.com",
+        "duckduckgo.com",
+        "facebook.com",
+        "t.co",
+        "reddit.com",
+        ".example.com/",
+    ):
         assert any(fragment in r for r in referrers), fragment
     assert "" in referrers
     assert any("utm_medium=email" in e["event"]["data"]["url"] for e in by_type["page_view"])
@@ -145,8 +166,13 @@ def test_type_specific_payloads() -> None:
     for env in by_type["sensor_reading"]:
         assert set(env["event"]["data"]) == {"metric", "value", "unit"}
     for env in by_type["heartbeat"]:
-        assert set(env["event"]["data"]) == {"uptime_seconds", "cpu_percent", "memory_percent",
-                                             "disk_percent", "event_queue_size"}
+        assert set(env["event"]["data"]) == {
+            "uptime_seconds",
+            "cpu_percent",
+            "memory_percent",
+            "disk_percent",
+            "event_queue_size",
+        }
     errors = by_type["error"]
     assert {e["event"]["severity"] for e in errors} == {"warn", "error", "critical"}
     for env in errors:
@@ -200,11 +226,23 @@ def test_visitors_keep_user_agent_and_ip_over_a_session() -> None:
 def test_user_agent_pool_is_varied_and_includes_bots() -> None:
     agents = {ua for ua, _, _ in USER_AGENTS}
     assert len(agents) >= 30
-    for name in ("Googlebot", "bingbot", "AhrefsBot", "curl/", "python-requests/", "Firefox/",
-                 "Edg/", "Version/17", "Android", "iPhone", "Windows NT", "Macintosh", "Linux"):
+    for name in (
+        "Googlebot",
+        "bingbot",
+        "AhrefsBot",
+        "curl/",
+        "python-requests/",
+        "Firefox/",
+        "Edg/",
+        "Version/17",
+        "Android",
+        "iPhone",
+        "Windows NT",
+        "Macintosh",
+        "Linux",
+    ):
         assert any(name in ua for ua in agents), name
-    seen = {env["event"]["data"]["user_agent"] for _, env in _events()
-            if env["event"]["type"] == "page_view"}
+    seen = {env["event"]["data"]["user_agent"] for _, env in _events() if env["event"]["type"] == "page_view"}
     assert len(seen) >= 25
 
 
@@ -252,8 +290,7 @@ def test_token_bucket_paces_without_sleeping_per_event() -> None:
 
 def test_broker_url_parsing() -> None:
     assert BrokerURL.parse("mqtt://127.0.0.1") == BrokerURL("127.0.0.1", 1883, tls=False)
-    assert BrokerURL.parse("mqtts://broker.example.com") == BrokerURL(
-        "broker.example.com", 8883, tls=True)
+    assert BrokerURL.parse("mqtts://broker.example.com") == BrokerURL("broker.example.com", 8883, tls=True)
     assert BrokerURL.parse("mqtt://u%40x:p@h:1884/") == BrokerURL("h", 1884, False, "u@x", "p")
     for bad in ("http://h:1883", "mqtt://h:1883/topic", "mqtt://:1883", "mqtt://h:notaport"):
         with pytest.raises(PublishError):
@@ -278,10 +315,10 @@ def _mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     conf = tmp_path_factory.mktemp("mosquitto") / "mosquitto.conf"
     # The queue limit is raised so the test subscriber, not the broker's default of 1,000
     # queued messages per client, decides whether a burst arrives complete.
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                    "max_queued_messages 100000\n")
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\n"
+    )
+    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 10
         while True:
@@ -344,8 +381,11 @@ def collector(mosquitto_url: str) -> Iterator[Collector]:
     broker = BrokerURL.parse(mosquitto_url)
     col = Collector()
     subscribed = threading.Event()
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-sub-{uuid.uuid4().hex[:8]}",
-                         protocol=MQTTProtocolVersion.MQTTv311)
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"test-sub-{uuid.uuid4().hex[:8]}",
+        protocol=MQTTProtocolVersion.MQTTv311,
+    )
     client.on_message = col.on_message
     client.on_subscribe = lambda *_args: subscribed.set()
     client.on_connect = lambda c, *_args: c.subscribe("ek/v1/+/events", qos=1)
@@ -374,8 +414,7 @@ def test_publish_one_envelope_per_message(mosquitto_url: str, collector: Collect
     assert all(isinstance(body, dict) for _, body in collector.messages)
 
 
-def test_publish_batches_are_arrays_from_one_source(mosquitto_url: str,
-                                                    collector: Collector) -> None:
+def test_publish_batches_are_arrays_from_one_source(mosquitto_url: str, collector: Collector) -> None:
     report = publish(mosquitto_url, rate=0, count=500, seed=12, batch=10)
     assert (report.sent, report.acked) == (500, 500)
     _check_arrivals(collector, 500)
@@ -414,15 +453,16 @@ def test_publish_to_nothing_raises() -> None:
         publish(f"mqtt://127.0.0.1:{_free_port()}", rate=0, count=1)
 
 
-def test_cli_arguments_run_and_print_one_line(mosquitto_url: str, collector: Collector,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_arguments_run_and_print_one_line(
+    mosquitto_url: str, collector: Collector, capsys: pytest.CaptureFixture[str]
+) -> None:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     defaults = parser.parse_args([])
-    assert (defaults.mqtt_url, defaults.rate, defaults.count) == ("mqtt://127.0.0.1:1883", 50.0,
-                                                                 1000)
-    args = parser.parse_args(["--mqtt-url", mosquitto_url, "--rate", "0", "--count", "40",
-                              "--batch", "4", "--seed", "5"])
+    assert (defaults.mqtt_url, defaults.rate, defaults.count) == ("mqtt://127.0.0.1:1883", 50.0, 1000)
+    args = parser.parse_args(
+        ["--mqtt-url", mosquitto_url, "--rate", "0", "--count", "40", "--batch", "4", "--seed", "5"]
+    )
     assert run_from_args(args) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1
@@ -435,9 +475,9 @@ def test_dead_broker_ends_the_run_with_a_report(tmp_path_factory: pytest.TempPat
     with _mosquitto(tmp_path_factory) as url:
         done: list[Any] = []
         worker = threading.Thread(
-            target=lambda: done.append(publish(url, rate=2000, count=0, window=50,
-                                               stall_secs=1.0)),
-            daemon=True)
+            target=lambda: done.append(publish(url, rate=2000, count=0, window=50, stall_secs=1.0)),
+            daemon=True,
+        )
         worker.start()
         time.sleep(0.5)
     worker.join(timeout=10)
@@ -447,8 +487,7 @@ def test_dead_broker_ends_the_run_with_a_report(tmp_path_factory: pytest.TempPat
     assert 0 < report.acked < report.sent
 
 
-def test_slow_sources_do_not_sit_on_a_partial_batch(mosquitto_url: str,
-                                                    collector: Collector) -> None:
+def test_slow_sources_do_not_sit_on_a_partial_batch(mosquitto_url: str, collector: Collector) -> None:
     # 40 events over ~2 s can never fill a batch of 1,000: only the linger flush (after ~1 s)
     # can make a source send more than one message before the final flush.
     report = publish(mosquitto_url, rate=20, count=40, seed=15, batch=1000)
