@@ -121,6 +121,24 @@ def db_rows(db_path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple
         conn.close()
 
 
+_RUNNING_EDGES: list[EdgeProcess] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_edge_outlives_its_test() -> Iterator[None]:
+    """A test that fails halfway must not leave an edge process running.
+
+    Only edges started during the test are stopped; wider-scoped fixtures started theirs before.
+    """
+    first = len(_RUNNING_EDGES)
+    yield
+    for edge in _RUNNING_EDGES[first:]:
+        if edge.proc is not None and edge.proc.poll() is None:
+            edge.proc.kill()
+            edge.proc.wait(10)
+    del _RUNNING_EDGES[first:]
+
+
 class EdgeProcess:
     """``edgekite edge`` as a real child process, for crash tests (kill -9) and CLI tests."""
 
@@ -146,6 +164,7 @@ class EdgeProcess:
             text=True,
             env=env,
         )
+        _RUNNING_EDGES.append(self)
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
