@@ -79,7 +79,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         reason = exc.reason
         if isinstance(exc, web.HTTPRequestEntityTooLarge):
-            reason = f"body larger than {request.app[CTX].config.limits.max_message_bytes} bytes"
+            reason = f"body larger than {request.app[CTX].config.http.max_body_bytes} bytes"
         resp = _json({"error": reason, "status": exc.status}, exc.status)
         for h in ("Retry-After", "Allow", "WWW-Authenticate"):
             if h in exc.headers:
@@ -471,7 +471,7 @@ async def _lifecycle(app: web.Application) -> Any:
 
 def create_app(ctx: EdgeContext) -> web.Application:
     app = web.Application(
-        client_max_size=ctx.config.limits.max_message_bytes,
+        client_max_size=ctx.config.http.max_body_bytes,
         middlewares=[error_middleware, cors_middleware, auth_middleware],
     )
     app[CTX] = ctx

@@ -107,6 +107,9 @@ class HttpSection(_Section):
         default_factory=lambda: ["*"],
         description="Origins allowed to POST events from a browser; [] for none.",
     )
+    max_body_bytes: int = Field(
+        2 * 1024**2, ge=1024, description="Largest HTTP request body (a full 1,000-event batch fits)."
+    )
     tracker_respect_dnt: bool = Field(True, description="The tracker sends nothing when Do-Not-Track is on.")
     record_client_ip: bool = Field(
         True, description="Add the sender's address as data.ip to web events lacking one (marked pii)."

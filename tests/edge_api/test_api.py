@@ -64,13 +64,29 @@ def test_unreadable_and_oversized_bodies_are_refused_with_a_reason(filled_edge: 
     assert status == 400 and "batch" in body["error"]
     status, body = filled_edge.post("/api/events/batch", b"[" + b"1," * 2000 + b"1]", JSON)
     assert status == 400 and "max 1000" in body["error"]
-    big = (
-        b'{"source":{"type":"server","id":"x"},"event":{"category":"app","type":"x","data":{"p":"'
-        + b"a" * 300_000
-        + b'"}}}'
+
+    def with_string(n: int) -> bytes:
+        return (
+            b'{"source":{"type":"server","id":"x"},"event":{"category":"app","type":"x","data":{"p":"'
+            + b"a" * n
+            + b'"}}}'
+        )
+
+    status, body = filled_edge.post("/api/events", with_string(3 * 1024 * 1024), JSON)
+    assert status == 413 and "larger than 2097152" in body["error"]
+    status, body = filled_edge.post("/api/events", with_string(300_000), JSON)
+    assert (status, body["accepted"]) == (200, 0)
+    assert body["rejected"][0]["reason"].startswith("too_big: field 'p' is longer than 8192")
+    full_batch = orjson.dumps(
+        [
+            envelope("api-big-batch")
+            | {"event": {"category": "app", "type": "x", "data": {"pad": "p" * 1200}}}
+            for _ in range(1000)
+        ]
     )
-    status, body = filled_edge.post("/api/events", big, JSON)
-    assert status == 413 and "larger than" in body["error"]
+    assert len(full_batch) > 1024 * 1024
+    status, body = filled_edge.post("/api/events/batch", full_batch, JSON)
+    assert (status, body["accepted"]) == (200, 1000), "a full 1,000-event batch fits the body limit"
 
 
 def test_web_events_get_the_senders_address_and_cors(filled_edge: Edge) -> None:
