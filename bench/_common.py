@@ -88,6 +88,35 @@ def stop_group(
     return proc.returncode
 
 
+def start_py_spy(pid: int, out: Path, gil: bool) -> subprocess.Popen[bytes] | None:
+    exe = PYTHON.parent / "py-spy"
+    if not exe.exists():
+        print("(py-spy not installed: .venv/bin/pip install py-spy; profiling skipped)", flush=True)
+        return None
+    cmd = [
+        str(exe),
+        "record",
+        "-p",
+        str(pid),
+        "-o",
+        str(out),
+        "--format",
+        "raw",
+        "--rate",
+        "100",
+        "--threads",
+        "--nonblocking",
+    ] + (["--gil"] if gil else [])
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    time.sleep(0.5)  # let it attach before the clock starts
+    return proc
+
+
+def stop_py_spy(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is not None:
+        stop_group(proc, signal.SIGINT, 30)  # SIGINT makes py-spy write its output
+
+
 def median(xs: Sequence[float]) -> float | None:
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None

@@ -59,6 +59,8 @@ FILL_INFO = "bench-fill.json"  # written next to edge.db: how and how fast the s
 
 if str(REPO) not in sys.path:  # so `python bench/edge_panels.py` imports edgekite from the checkout
     sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+from _common import stop_group  # noqa: E402 - after the path set-up above
 
 # Retention must not delete what the fill wrote 30 days "ago" (the short class keeps 7 days).
 RETENTION_ENV = {
@@ -220,22 +222,7 @@ class EdgeChild:
         return self.proc.pid
 
     def stop(self, timeout: float = 30.0) -> int | None:
-        proc = self.proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
-        else:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-        return proc.returncode
+        return stop_group(self.proc, signal.SIGTERM, timeout)
 
 
 class MemorySampler:

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import start_py_spy, stop_py_spy
 from edge_panels import (
     REPO,
     EdgeChild,
@@ -183,40 +184,6 @@ async def probe_default_limit(edge_port: int, body: bytes) -> int:
     ):
         await r.read()
         return r.status
-
-
-def start_py_spy(pid: int, out: Path, gil: bool) -> subprocess.Popen[bytes] | None:
-    exe = Path(sys.executable).parent / "py-spy"
-    if not exe.exists():
-        print("(py-spy not installed: .venv/bin/pip install py-spy; profiling skipped)", flush=True)
-        return None
-    cmd = [
-        str(exe),
-        "record",
-        "--pid",
-        str(pid),
-        "--rate",
-        "100",
-        "--format",
-        "raw",
-        "-o",
-        str(out),
-        "--threads",
-    ] + (["--gil"] if gil else [])
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-
-
-def stop_py_spy(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGINT)  # SIGINT makes py-spy write its output
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
 
 
 def summarize_profile(path: Path, top: int = 18) -> dict[str, Any]:

@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -51,7 +50,9 @@ from _common import (
     print_table,
     probe_until_stored,
     publish,
+    start_py_spy,
     stop_group,
+    stop_py_spy,
     tempdir,
     write_load,
     write_results,
@@ -66,35 +67,6 @@ def _cpu(pid: int) -> float:
         t = psutil.Process(pid).cpu_times()
         return t.user + t.system
     return 0.0
-
-
-def start_py_spy(pid: int, out: Path, gil: bool) -> subprocess.Popen[bytes] | None:
-    exe = PYTHON.parent / "py-spy"
-    if not exe.exists():
-        print("(py-spy not installed: .venv/bin/pip install py-spy; profiling skipped)", flush=True)
-        return None
-    cmd = [
-        str(exe),
-        "record",
-        "-p",
-        str(pid),
-        "-o",
-        str(out),
-        "--format",
-        "raw",
-        "--rate",
-        "100",
-        "--threads",
-        "--nonblocking",
-    ] + (["--gil"] if gil else [])
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    time.sleep(0.5)  # let it attach before the clock starts
-    return proc
-
-
-def stop_py_spy(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is not None:
-        stop_group(proc, signal.SIGINT, 30)  # SIGINT makes py-spy write its output
 
 
 def summarize_py_spy(raw: Path, top: int = 15) -> dict[str, Any]:
