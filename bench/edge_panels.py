@@ -34,7 +34,6 @@ import platform
 import random
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -60,7 +59,7 @@ FILL_INFO = "bench-fill.json"  # written next to edge.db: how and how fast the s
 if str(REPO) not in sys.path:  # so `python bench/edge_panels.py` imports edgekite from the checkout
     sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
-from _common import stop_group  # noqa: E402 - after the path set-up above
+from _common import free_port, print_table, stop_group, write_results  # noqa: E402 - after the path set-up
 
 # Retention must not delete what the fill wrote 30 days "ago" (the short class keeps 7 days).
 RETENTION_ENV = {
@@ -71,12 +70,6 @@ RETENTION_ENV = {
 
 
 # -- small helpers ------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def pct(values: list[float], p: float) -> float:
     """Percentile by linear interpolation (statistics.quantiles' 'inclusive' method)."""
     xs = sorted(values)
@@ -86,27 +79,6 @@ def pct(values: list[float], p: float) -> float:
     lo = int(k)
     hi = min(lo + 1, len(xs) - 1)
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
-
-
-def print_table(headers: list[str], rows: list[list[Any]]) -> None:
-    cells = [headers] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    for n, r in enumerate(cells):
-        print(
-            "  ".join(
-                c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=False))
-            )
-        )
-        if n == 0:
-            print("  ".join("-" * w for w in widths))
-
-
-def write_results(name: str, payload: dict[str, Any]) -> Path:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = RESULTS_DIR / f"{name}-{stamp}.json"
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    return path
 
 
 def machine_info() -> dict[str, Any]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import orjson
 import psutil
 from aiohttp import web
 
@@ -64,8 +65,6 @@ CTX = web.AppKey("edgekite_ctx", EdgeContext)
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
-    import orjson
-
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 

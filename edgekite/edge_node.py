@@ -13,12 +13,18 @@ import logging
 import signal
 import time
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from edgekite.config import EdgeConfig
 from edgekite.metrics import EdgeMetrics
 from edgekite.store import EdgeStore
+
+if TYPE_CHECKING:
+    from broker.embedded import EmbeddedBroker
+    from edge_bridge.inbound import InboundRouter
+    from edge_bridge.subscriber import MqttSubscriber
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +36,8 @@ class EdgeNode:
         self.config = config
         self.metrics = EdgeMetrics()
         self.store = EdgeStore(config, self.metrics)
-        self._broker: object | None = None
-        self._subscriber: object | None = None
+        self._broker: EmbeddedBroker | None = None
+        self._subscriber: MqttSubscriber | None = None
         self._runner: web.AppRunner | None = None
         self._stop = asyncio.Event()
         self.mqtt_url = ""
@@ -61,7 +67,7 @@ class EdgeNode:
     ) -> None:
         await self._shutdown()
 
-    async def _start_embedded_broker(self, router: object) -> None:
+    async def _start_embedded_broker(self, router: InboundRouter) -> None:
         from broker.embedded import EmbeddedBroker
         from edge_bridge.gate import make_ingest_hook
 
@@ -69,8 +75,8 @@ class EdgeNode:
         broker = EmbeddedBroker(
             mc.embedded_host,
             mc.embedded_port,
-            ingest_filters=router.filters,  # type: ignore[attr-defined]
-            ingest=make_ingest_hook(self.store, router, self.metrics),  # type: ignore[arg-type]
+            ingest_filters=router.filters,
+            ingest=make_ingest_hook(self.store, router, self.metrics),
             max_message_bytes=self.config.limits.max_message_bytes,
             password_file=mc.embedded_password_file,
         )
@@ -79,10 +85,10 @@ class EdgeNode:
         self.mqtt_url = broker.url
         log.info("embedded MQTT broker on %s; PUBACK is sent only after the SQLite commit", self.mqtt_url)
 
-    async def _start_subscriber(self, router: object) -> None:
+    async def _start_subscriber(self, router: InboundRouter) -> None:
         from edge_bridge.subscriber import MqttSubscriber
 
-        sub = MqttSubscriber(self.config, self.store, self.metrics, router, url=self.mqtt_url)  # type: ignore[arg-type]
+        sub = MqttSubscriber(self.config, self.store, self.metrics, router, url=self.mqtt_url)
         sub.start()
         self._subscriber = sub
         # "Ready" means subscribed: on a brand-new broker session, messages published before
@@ -98,7 +104,7 @@ class EdgeNode:
 
     def _mqtt_connected(self) -> bool:
         if self._subscriber is not None:
-            return bool(self._subscriber.connected)  # type: ignore[attr-defined]
+            return self._subscriber.connected
         return self._broker is not None
 
     async def _start_http(self) -> None:
@@ -127,11 +133,11 @@ class EdgeNode:
     async def _shutdown(self) -> None:
         loop = asyncio.get_running_loop()
         if self._subscriber is not None:
-            await loop.run_in_executor(None, self._subscriber.stop)  # type: ignore[attr-defined]
+            await loop.run_in_executor(None, self._subscriber.stop)
             self._subscriber = None
         if self._broker is not None:
             broker, self._broker = self._broker, None
-            await broker.__aexit__(None, None, None)  # type: ignore[attr-defined]
+            await broker.__aexit__(None, None, None)
         await loop.run_in_executor(None, self.store.close)
         if self._runner is not None:
             await self._runner.cleanup()
