@@ -17,7 +17,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from edgekite.envelope import EDGE_ID_PATTERN
+
 ENV_PREFIX = "EDGEKITE_"
+HUB_ENV_PREFIX = "EDGEKITE_HUB_"  # the hub's own variables; the edge ignores them
 
 
 class _Section(BaseModel):
@@ -25,7 +28,7 @@ class _Section(BaseModel):
 
 
 class EdgeSection(_Section):
-    edge_id: str = Field("edge-1", description="This edge's name in the fleet; used in hub topics.")
+    edge_id: str = Field("edge-1", pattern=EDGE_ID_PATTERN, description="This edge's name in the fleet; used in hub topics.")
     data_dir: Path = Field(Path("./data"), description="Where edge.db and its WAL live.")
 
 
@@ -175,6 +178,61 @@ class StoreSection(_Section):
     )
 
 
+class SyncSection(_Section):
+    """Forwarding to the hub. Off unless ``hub_mqtt_url`` or ``hub_url`` is set."""
+
+    hub_mqtt_url: str = Field(
+        "", description="Hub broker, mqtt://HOST:PORT or mqtts://HOST:PORT (MQTT 5, e.g. Mosquitto)."
+    )
+    hub_url: str = Field(
+        "", description="Hub HTTP base URL (http(s)://HOST:PORT) for sites where MQTT out is blocked."
+    )
+    api_key: str | None = Field(
+        None,
+        description="This edge's key at the hub: signs every batch (HMAC) and is the HTTP Bearer token.",
+    )
+    username: str | None = Field(None, description="Hub broker username (per-edge credentials).")
+    password: str | None = None
+    ca_file: Path | None = Field(None, description="CA bundle for mqtts:// or https://; system CAs when unset.")
+    cert_file: Path | None = Field(None, description="Client certificate (PEM) for the hub broker.")
+    key_file: Path | None = Field(None, description="Key of the client certificate.")
+    client_id: str = Field("", description="MQTT client id at the hub broker. Default: edgekite-sync-<edge_id>.")
+    batch_max_events: int = Field(2000, ge=1, le=20_000)
+    batch_max_bytes: int = Field(
+        1024**2, ge=4096, le=64 * 1024**2, description="Uncompressed JSON bytes per batch."
+    )
+    batch_max_age_ms: float = Field(
+        500, ge=0, description="A partial batch waits this long for more events before it is sent."
+    )
+    max_in_flight: int = Field(4, ge=1, le=64, description="Batches sent and not yet acknowledged.")
+    ack_timeout_secs: float = Field(30, gt=0, description="A batch unacknowledged this long is sent again.")
+    backoff_initial_secs: float = Field(1, gt=0)
+    backoff_max_secs: float = Field(300, gt=0)
+    heartbeat_secs: float = Field(
+        30, gt=0, description="With nothing to send, an empty batch reports backlog and liveness this often."
+    )
+    compress_level: int = Field(3, ge=1, le=19)
+    pii: Literal["send", "hash", "drop", "local"] = Field(
+        "send",
+        description="Events with privacy.pii: sent as they are, with pii_fields hashed (keyed) or "
+        "dropped, or kept on the edge. 'send' lets the hub geolocate and then drop IPs itself.",
+    )
+    pii_fields: list[str] = Field(
+        default_factory=lambda: ["ip", "email", "user_id", "phone"],
+        description="event.data fields that 'hash' and 'drop' apply to (top level or dotted paths).",
+    )
+    pii_hash_key: str | None = Field(
+        None, description="Key of the keyed hash; default: a random key kept in edge.db, never sent."
+    )
+    short_retention: Literal["send", "local"] = Field(
+        "send", description="Whether retention_class 'short' events leave the site."
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.hub_mqtt_url or self.hub_url)
+
+
 class LogSection(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
@@ -190,6 +248,7 @@ class EdgeConfig(_Section):
     log: LogSection = Field(default_factory=LogSection)
     rollups: RollupsSection = Field(default_factory=RollupsSection)
     health: HealthSection = Field(default_factory=HealthSection)
+    sync: SyncSection = Field(default_factory=SyncSection)
     mappings: list[TopicMapping] = Field(default_factory=list)
 
     @field_validator("mappings")
@@ -204,6 +263,10 @@ class EdgeConfig(_Section):
     def _client_id_default(self) -> EdgeConfig:
         if not self.mqtt.client_id:
             self.mqtt.client_id = f"edgekite-{self.edge.edge_id}"
+        if not self.sync.client_id:
+            self.sync.client_id = f"edgekite-sync-{self.edge.edge_id}"
+        if self.sync.hub_mqtt_url and self.sync.hub_url:
+            raise ValueError("sync: set hub_mqtt_url or hub_url, not both")
         return self
 
     @property
@@ -218,8 +281,9 @@ def env_overrides(environ: Mapping[str, str], prefix: str = ENV_PREFIX) -> dict[
     ``EDGEKITE_STORE__BATCH_MAX_EVENTS=500`` is an int; anything else stays a string.
     """
     out: dict[str, Any] = {}
+    skip = (prefix + "TEST_",) if prefix == HUB_ENV_PREFIX else (prefix + "TEST_", HUB_ENV_PREFIX)
     for key, raw in environ.items():
-        if not key.startswith(prefix) or key.startswith(prefix + "TEST_"):
+        if not key.startswith(prefix) or key.startswith(skip):
             continue
         path = [p.lower() for p in key[len(prefix) :].split("__") if p]
         if not path:
@@ -262,3 +326,104 @@ def load_edge_config(
     if overrides:
         data = deep_merge(data, overrides)
     return EdgeConfig.model_validate(data)
+
+
+# ---------------------------------------------------------------------------------------------
+# The hub
+
+
+class HubSection(_Section):
+    data_dir: Path = Field(Path("./hub-data"), description="chDB's data directory (embedded storage).")
+
+
+class HubStorageSection(_Section):
+    backend: Literal["chdb", "clickhouse"] = Field(
+        "chdb", description="chdb: embedded, in <data_dir>; clickhouse: a server through clickhouse-connect."
+    )
+    clickhouse_url: str = Field(
+        "", description="http(s)://user:password@host:8123 of the ClickHouse server (backend clickhouse)."
+    )
+    database: str = Field("edgekite", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    dedup_window_batches: int = Field(
+        100_000, ge=100, description="Recent batch ids ClickHouse remembers to drop a resent batch."
+    )
+
+
+class HubMqttSection(_Section):
+    url: str = Field("", description="Hub broker (MQTT 5, e.g. Mosquitto); empty: HTTP ingest only.")
+    share_group: str = Field("edgekite-hub", description="Consumers in one group split the batches.")
+    consumers: int = Field(1, ge=1, le=32, description="Consumers (MQTT sessions) in this process.")
+    client_id: str = Field("edgekite-hub", description="Prefix of the consumers' client ids.")
+    username: str | None = None
+    password: str | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    session_expiry_secs: int = Field(7 * 86400, ge=0)
+    receive_maximum: int = Field(16, ge=1, le=65535, description="Batches in flight to one consumer.")
+
+
+class HubHttpSection(_Section):
+    host: str = "0.0.0.0"
+    port: int = Field(8090, ge=0, le=65535)
+    api_key: str | None = Field(None, description="When set, the read API and /metrics need it (Bearer).")
+    max_body_bytes: int = Field(16 * 1024**2, ge=1024**2, description="Largest POST /api/ingest/batch body.")
+
+
+class HubEdge(_Section):
+    """One edge allowed to send, once any is configured (no edges configured: development mode)."""
+
+    api_key: str = Field(min_length=16, description="Shared with the edge (its sync.api_key).")
+    rate_limit_events_per_sec: float | None = Field(None, gt=0, description="Overrides the default.")
+
+
+class HubIngestSection(_Section):
+    rate_limit_events_per_sec: float = Field(
+        100_000, gt=0, description="Per edge, sustained; a batch over the limit is answered 'retry'."
+    )
+    rate_limit_burst_events: int = Field(200_000, ge=1)
+    dead_letter_max_bytes: int = Field(4096, ge=0, description="How much of a rejected event is kept.")
+
+
+class HubConfig(_Section):
+    hub: HubSection = Field(default_factory=HubSection)
+    storage: HubStorageSection = Field(default_factory=HubStorageSection)
+    mqtt: HubMqttSection = Field(default_factory=HubMqttSection)
+    http: HubHttpSection = Field(default_factory=HubHttpSection)
+    ingest: HubIngestSection = Field(default_factory=HubIngestSection)
+    limits: LimitsSection = Field(default_factory=LimitsSection)
+    log: LogSection = Field(default_factory=LogSection)
+    edges: dict[str, HubEdge] = Field(
+        default_factory=dict, description="edge_id -> credentials; empty accepts any edge (development)."
+    )
+
+    @field_validator("edges")
+    @classmethod
+    def _edge_ids_valid(cls, v: dict[str, HubEdge]) -> dict[str, HubEdge]:
+        import re
+
+        for edge_id in v:
+            if not re.match(EDGE_ID_PATTERN, edge_id):
+                raise ValueError(f"edges: {edge_id!r} is not a valid edge id")
+        return v
+
+
+def load_hub_config(
+    path: Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> HubConfig:
+    """Hub config: TOML file, then ``EDGEKITE_HUB_*`` variables, then CLI flags.
+
+    ``EDGEKITE_HUB_STORAGE__BACKEND=clickhouse`` sets ``storage.backend``: a prefix of its own,
+    so an edge and a hub started from one shell never read each other's variables.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    data = deep_merge(data, env_overrides(os.environ if environ is None else environ, prefix=HUB_ENV_PREFIX))
+    if overrides:
+        data = deep_merge(data, overrides)
+    return HubConfig.model_validate(data)

@@ -27,6 +27,8 @@ RETENTION_CLASSES: tuple[str, ...] = RetentionClass.__args__  # type: ignore[att
 
 # A source id is also an MQTT topic level, so it may not hold '/', '+', '#' or spaces.
 SOURCE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
+# An edge id is an MQTT topic level and a ClickHouse value: narrower than a source id.
+EDGE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 SOURCE_ID_RE = re.compile(SOURCE_ID_PATTERN)
 EVENT_TYPE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 SHA256_PATTERN = r"^[0-9a-fA-F]{64}$"

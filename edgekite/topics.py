@@ -58,3 +58,20 @@ def source_id_from_topic(topic_filter: str, topic: str) -> str | None:
         return None
     sid = levels[i]
     return sid if SOURCE_ID_RE.match(sid) else None
+
+
+def hub_status_topic() -> str:
+    """Retained ``{"online": bool}`` from the hub (its will says false): edges retry at once."""
+    return f"{PREFIX}/hub/status"
+
+
+def hub_batch_share_filter(group: str = HUB_SHARE_GROUP) -> str:
+    """What hub consumers subscribe to: every edge's batches, split across the group."""
+    return f"$share/{group}/{PREFIX}/hub/+/batch"
+
+
+def edge_id_from_batch_topic(topic: str) -> str | None:
+    levels = topic.split("/")
+    if len(levels) == 5 and levels[:3] == ["ek", "v1", "hub"] and levels[4] == "batch":
+        return levels[3]
+    return None
