@@ -629,7 +629,7 @@ def query_plans(
     from uuid import UUID
 
     from edge_api import queries as qm
-    from edge_api.reads import Reader
+    from edgekite.store.reads import Reader
     from edgekite.config import load_edge_config
 
     cfg = load_edge_config(environ={}, overrides={})

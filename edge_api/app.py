@@ -33,13 +33,13 @@ from edge_api.params import (
     text_param,
     time_param,
 )
-from edge_api.reads import ReadPool
 from edge_api.stream import EventStream
 from edgekite.config import EdgeConfig
 from edgekite.envelope import CATEGORIES, SEVERITIES
 from edgekite.metrics import EdgeMetrics
 from edgekite.store import EdgeStore
 from edgekite.store.maintenance import wal_bytes
+from edgekite.store.reads import ReadPool
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ class EdgeContext:
     metrics: EdgeMetrics
     mqtt_connected: Callable[[], bool]
     started_at: float
+    sync_status: Callable[[], dict[str, Any]] = lambda: {"enabled": False}
     reads: ReadPool | None = None
     stream: EventStream | None = None
     process: psutil.Process = field(default_factory=psutil.Process)
@@ -355,12 +356,7 @@ async def get_health(request: web.Request) -> web.Response:
             "sources": srcs,
             "stale_sources": sum(1 for s in srcs if s["stale"]),
             "storage": _storage(ctx),
-            "sync": {
-                "enabled": False,
-                "backlog": None,
-                "last_sync": None,
-                "note": "hub sync is not configured",
-            },
+            "sync": ctx.sync_status(),
         }
     )
 

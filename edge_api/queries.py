@@ -14,7 +14,6 @@ from uuid import UUID
 
 import orjson
 
-from edge_api.reads import Reader
 from edgekite.rollups import (
     ALERT_SEVERITIES,
     DIM_ERROR,
@@ -23,6 +22,7 @@ from edgekite.rollups import (
     SKETCH_SOURCES,
     SKETCH_VISITORS,
 )
+from edgekite.store.reads import Reader
 from edgekite.store.rollup_writer import DAY_MS, HOUR_MS, merged_estimate
 from edgekite.store.rows import EVENT_COLUMNS, row_to_event
 

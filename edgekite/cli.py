@@ -34,6 +34,12 @@ def _edge_overrides(args: argparse.Namespace) -> dict[str, Any]:
         over.setdefault("http", {})["port"] = args.http_port
     if args.log_level is not None:
         over.setdefault("log", {})["level"] = args.log_level
+    if args.hub_mqtt_url is not None:
+        over.setdefault("sync", {})["hub_mqtt_url"] = args.hub_mqtt_url
+    if args.hub_url is not None:
+        over.setdefault("sync", {})["hub_url"] = args.hub_url
+    if args.hub_api_key is not None:
+        over.setdefault("sync", {})["api_key"] = args.hub_api_key
     return over
 
 
@@ -111,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument(
         "--http-port", type=int, help="HTTP port for the API, dashboard and /metrics (default 8080)"
     )
+    edge.add_argument(
+        "--hub-mqtt-url", help="forward every event to the hub through this broker, mqtt(s)://HOST:PORT"
+    )
+    edge.add_argument("--hub-url", help="forward to the hub over HTTP(S) instead, http(s)://HOST:PORT")
+    edge.add_argument("--hub-api-key", help="this edge's key at the hub (or sync.api_key in the config)")
     edge.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     edge.set_defaults(func=cmd_edge)
 

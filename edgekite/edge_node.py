@@ -13,7 +13,7 @@ import logging
 import signal
 import time
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from broker.embedded import EmbeddedBroker
     from edge_bridge.inbound import InboundRouter
     from edge_bridge.subscriber import MqttSubscriber
+    from edge_bridge.sync_worker import SyncWorker
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class EdgeNode:
         self.store = EdgeStore(config, self.metrics)
         self._broker: EmbeddedBroker | None = None
         self._subscriber: MqttSubscriber | None = None
+        self._sync: SyncWorker | None = None
         self._runner: web.AppRunner | None = None
         self._stop = asyncio.Event()
         self.mqtt_url = ""
@@ -56,6 +58,8 @@ class EdgeNode:
             else:
                 # In-process broker: messages enter through its commit gate, no second hop.
                 await self._start_embedded_broker(router)
+            if self.config.sync.enabled:
+                await self._start_sync()
             await self._start_http()
         except BaseException:
             await self._shutdown()
@@ -102,6 +106,18 @@ class EdgeNode:
                 sub.last_connect_error or "no answer",
             )
 
+    async def _start_sync(self) -> None:
+        from edge_bridge.sync_worker import SyncWorker
+
+        sync = SyncWorker(self.config, self.store, self.metrics)
+        await sync.start()
+        self._sync = sync
+
+    def sync_status(self) -> dict[str, Any]:
+        if self._sync is None:
+            return {"enabled": False, "note": "hub sync is off (--hub-mqtt-url or --hub-url turns it on)"}
+        return self._sync.status()
+
     def _mqtt_connected(self) -> bool:
         if self._subscriber is not None:
             return self._subscriber.connected
@@ -110,7 +126,9 @@ class EdgeNode:
     async def _start_http(self) -> None:
         from edge_api.app import EdgeContext, create_app
 
-        ctx = EdgeContext(self.config, self.store, self.metrics, self._mqtt_connected, self.started_at)
+        ctx = EdgeContext(
+            self.config, self.store, self.metrics, self._mqtt_connected, self.started_at, self.sync_status
+        )
         self._runner = web.AppRunner(create_app(ctx), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port)
@@ -132,6 +150,9 @@ class EdgeNode:
 
     async def _shutdown(self) -> None:
         loop = asyncio.get_running_loop()
+        if self._sync is not None:
+            sync, self._sync = self._sync, None
+            await sync.stop()
         if self._subscriber is not None:
             await loop.run_in_executor(None, self._subscriber.stop)
             self._subscriber = None

@@ -70,6 +70,44 @@ class EdgeMetrics:
             "edgekite_mqtt_connected", "1 while the bridge holds a broker session.", registry=r
         )
         self.mqtt_reconnects = Counter("edgekite_mqtt_connects", "Successful broker connections.", registry=r)
+        # -- forwarding to the hub
+        self.sync_backlog = Gauge(
+            "edgekite_sync_backlog_events", "Events the hub has not acknowledged.", registry=r
+        )
+        self.sync_oldest_age = Gauge(
+            "edgekite_sync_oldest_unsynced_age_seconds", "Age of the oldest unacknowledged event.", registry=r
+        )
+        self.sync_last_success = Gauge(
+            "edgekite_sync_last_success_timestamp_seconds",
+            "When the hub last acknowledged a batch.",
+            registry=r,
+        )
+        self.sync_connected = Gauge("edgekite_sync_connected", "1 while the hub transport is up.", registry=r)
+        self.sync_in_flight = Gauge(
+            "edgekite_sync_in_flight_batches", "Batches sent, not acknowledged.", registry=r
+        )
+        self.sync_batches = Counter(
+            "edgekite_sync_batches",
+            "Batch outcomes: sent, ok, duplicate, retry, refused, timeout, failed.",
+            ["result"],
+            registry=r,
+        )
+        for result in ("sent", "ok", "duplicate", "retry", "refused", "timeout", "failed"):
+            self.sync_batches.labels(result)
+        self.sync_events = Counter("edgekite_sync_events_synced", "Events the hub acknowledged.", registry=r)
+        self.sync_events_rejected = Counter(
+            "edgekite_sync_events_rejected_by_hub",
+            "Events the hub refused (kept in its dead letters).",
+            registry=r,
+        )
+        self.sync_withheld = Counter(
+            "edgekite_sync_events_withheld",
+            "Events kept on the edge by the privacy policy.",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("pii", "short"):
+            self.sync_withheld.labels(reason)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -54,16 +54,35 @@ def last_rowid_received_before(conn: sqlite3.Connection, cutoff_ms: int) -> int:
     return int(found)
 
 
+def synced_to(conn: sqlite3.Connection) -> int:
+    """Every event at or below this rowid is at the hub (or was withheld from it on purpose)."""
+    row = conn.execute("SELECT value FROM counters WHERE name = 'sync_synced_to'").fetchone()
+    return int(row[0]) if row else 0
+
+
 def retention_step(
-    conn: sqlite3.Connection, cfg: RetentionSection, now_ms: int, state: RetentionState
+    conn: sqlite3.Connection,
+    cfg: RetentionSection,
+    now_ms: int,
+    state: RetentionState,
+    *,
+    keep_unsynced: bool = False,
 ) -> tuple[int, bool]:
-    """Delete at most a window of expired rows per retention class. Returns (deleted, more_to_do)."""
+    """Delete at most a window of expired rows per retention class. Returns (deleted, more_to_do).
+
+    With ``keep_unsynced`` (hub sync on), age never deletes an event the hub has not
+    acknowledged: an edge offline for longer than a retention period keeps its backlog (the
+    size cap still bounds the disk, and counts what it drops unsynced).
+    """
     deleted = 0
     more = False
     window = cfg.chunk_rows * 4
+    keep_above = synced_to(conn) if keep_unsynced else None
     for cls in RETENTION_CLASSES:
         cutoff = now_ms - int(cfg.days_for(cls) * 86_400_000)
         upper = last_rowid_received_before(conn, cutoff)
+        if keep_above is not None:
+            upper = min(upper, keep_above)
         lower = state.scanned_to.get(cls, 0)
         if upper <= lower:
             continue
@@ -98,12 +117,28 @@ def live_bytes(conn: sqlite3.Connection) -> int:
     return int((pages - free) * page_size)
 
 
-def size_cap_step(conn: sqlite3.Connection, cfg: RetentionSection) -> tuple[int, bool]:
-    """Over the cap, delete the oldest events, one chunk. Returns (deleted, still_over)."""
+def size_cap_step(
+    conn: sqlite3.Connection, cfg: RetentionSection, *, count_unsynced: bool = False
+) -> tuple[int, bool]:
+    """Over the cap, delete the oldest events, one chunk. Returns (deleted, still_over).
+
+    The disk bound wins over the backlog: unsynced events go too when they are the oldest,
+    and ``sync_dropped_unsynced`` counts them so the loss is visible, not silent.
+    """
     if live_bytes(conn) <= cfg.max_db_bytes:
         return 0, False
     conn.execute("BEGIN IMMEDIATE")
     try:
+        if count_unsynced:
+            (dropped,) = conn.execute(
+                "SELECT count(*) FROM (SELECT rowid FROM events ORDER BY rowid LIMIT ?) WHERE rowid > ?",
+                (cfg.chunk_rows, synced_to(conn)),
+            ).fetchone()
+            if dropped:
+                conn.execute(
+                    "UPDATE counters SET value = value + ? WHERE name = 'sync_dropped_unsynced'", (dropped,)
+                )
+                log.warning("size cap: deleting %d events the hub has not received", dropped)
         cur = conn.execute(
             "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events ORDER BY rowid LIMIT ?)",
             (cfg.chunk_rows,),

@@ -152,6 +152,29 @@ MIGRATIONS: tuple[str, ...] = (
     -- keep an alert "unseen"); only error/critical events are in this index.
     CREATE INDEX idx_events_alerts ON events(received_at) WHERE severity IN ('error', 'critical');
     """,
+    # 3: the outbox to the hub. Rows are in arrival (rowid) order, so "unsynced" is a watermark,
+    # not a flag per row: forwarding a million events writes one row per batch, not a million.
+    """
+    CREATE TABLE sync_batches (                      -- formed, sent, not yet acknowledged
+        batch_no   INTEGER PRIMARY KEY,
+        batch_id   TEXT NOT NULL UNIQUE,
+        first_seq  INTEGER NOT NULL,                 -- events.rowid range the batch covers
+        last_seq   INTEGER NOT NULL,
+        events     INTEGER NOT NULL,
+        withheld   TEXT NOT NULL,                    -- JSON {reason: rows kept local}
+        created_at INTEGER NOT NULL
+    );
+    INSERT OR IGNORE INTO counters (name, value) VALUES
+        ('sync_formed_to', 0),                       -- highest rowid in any formed batch
+        ('sync_synced_to', 0),                       -- every rowid at or below is at the hub
+        ('sync_events_synced', 0),
+        ('sync_withheld_pii', 0),
+        ('sync_withheld_short', 0),
+        ('sync_dropped_unsynced', 0);                -- deleted by the size cap before sync
+    -- Names this database in batch ids, so a wiped and re-created edge never reuses one.
+    INSERT OR IGNORE INTO config (key, value, updated_at)
+        VALUES ('store_id', lower(hex(randomblob(6))), CAST(strftime('%s', 'now') AS INTEGER) * 1000);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

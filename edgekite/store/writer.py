@@ -527,10 +527,13 @@ class EdgeStore:
         """One bounded slice of retention work; True if more slices are due now."""
         now_ms = self.now_ms()
         cfg = self._cfg.retention
-        deleted, more_retention = maintenance.retention_step(conn, cfg, now_ms, self._retention)
+        sync_on = self._cfg.sync.enabled
+        deleted, more_retention = maintenance.retention_step(
+            conn, cfg, now_ms, self._retention, keep_unsynced=sync_on
+        )
         if deleted:
             self._metrics.retention_deleted.labels("age").inc(deleted)
-        capped, over = maintenance.size_cap_step(conn, cfg)
+        capped, over = maintenance.size_cap_step(conn, cfg, count_unsynced=sync_on)
         if capped:
             self._metrics.retention_deleted.labels("size_cap").inc(capped)
             log.warning(
