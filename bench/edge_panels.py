@@ -629,8 +629,8 @@ def query_plans(
     from uuid import UUID
 
     from edge_api import queries as qm
-    from edgekite.store.reads import Reader
     from edgekite.config import load_edge_config
+    from edgekite.store.reads import Reader
 
     cfg = load_edge_config(environ={}, overrides={})
     r = Reader(db, cfg.store)

@@ -78,61 +78,48 @@ def pii_hash_key(conn: sqlite3.Connection) -> str | None:
     return str(row[0]) if row else None
 
 
-# -- writer jobs (run on the store's writer thread) ------------------------------------------
+# -- writer jobs: run by ``EdgeStore.run_write`` inside the writer's own transaction ----------
 
 
 def record_batch(
     conn: sqlite3.Connection, batch: PendingBatch, withheld_pii: int, withheld_short: int
 ) -> None:
     """A batch is recorded before it is first sent, so a restart resends the very same batch."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    conn.execute(
+        "INSERT INTO sync_batches (batch_no, batch_id, first_seq, last_seq, events, withheld, "
+        "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            batch.batch_no,
+            batch.batch_id,
+            batch.first_seq,
+            batch.last_seq,
+            batch.events,
+            orjson.dumps(batch.withheld).decode(),
+            batch.created_at,
+        ),
+    )
+    conn.execute("UPDATE counters SET value = ? WHERE name = 'sync_formed_to'", (batch.last_seq,))
+    if withheld_pii:
         conn.execute(
-            "INSERT INTO sync_batches (batch_no, batch_id, first_seq, last_seq, events, withheld, "
-            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                batch.batch_no,
-                batch.batch_id,
-                batch.first_seq,
-                batch.last_seq,
-                batch.events,
-                orjson.dumps(batch.withheld).decode(),
-                batch.created_at,
-            ),
+            "UPDATE counters SET value = value + ? WHERE name = 'sync_withheld_pii'", (withheld_pii,)
         )
-        conn.execute("UPDATE counters SET value = ? WHERE name = 'sync_formed_to'", (batch.last_seq,))
-        if withheld_pii:
-            conn.execute(
-                "UPDATE counters SET value = value + ? WHERE name = 'sync_withheld_pii'", (withheld_pii,)
-            )
-        if withheld_short:
-            conn.execute(
-                "UPDATE counters SET value = value + ? WHERE name = 'sync_withheld_short'", (withheld_short,)
-            )
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
+    if withheld_short:
+        conn.execute(
+            "UPDATE counters SET value = value + ? WHERE name = 'sync_withheld_short'", (withheld_short,)
+        )
 
 
 def complete_batch(conn: sqlite3.Connection, batch_id: str) -> int | None:
     """The hub acknowledged ``batch_id``: forget it, move the synced watermark. Returns it (None if
     the batch was already completed: a duplicate ack)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        row = conn.execute("SELECT events FROM sync_batches WHERE batch_id = ?", (batch_id,)).fetchone()
-        if row is None:
-            conn.execute("ROLLBACK")
-            return None
-        conn.execute("DELETE FROM sync_batches WHERE batch_id = ?", (batch_id,))
-        conn.execute("UPDATE counters SET value = value + ? WHERE name = 'sync_events_synced'", (row[0],))
-        first = conn.execute("SELECT min(first_seq) FROM sync_batches").fetchone()[0]
-        synced = int(first) - 1 if first is not None else _counter(conn, "sync_formed_to")
-        conn.execute("UPDATE counters SET value = ? WHERE name = 'sync_synced_to'", (synced,))
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
+    row = conn.execute("SELECT events FROM sync_batches WHERE batch_id = ?", (batch_id,)).fetchone()
+    if row is None:
+        return None
+    conn.execute("DELETE FROM sync_batches WHERE batch_id = ?", (batch_id,))
+    conn.execute("UPDATE counters SET value = value + ? WHERE name = 'sync_events_synced'", (row[0],))
+    first = conn.execute("SELECT min(first_seq) FROM sync_batches").fetchone()[0]
+    synced = int(first) - 1 if first is not None else _counter(conn, "sync_formed_to")
+    conn.execute("UPDATE counters SET value = ? WHERE name = 'sync_synced_to'", (synced,))
     return synced
 
 

@@ -1,4 +1,4 @@
-"""The one ``edgekite`` command: ``edge``, ``broker``, ``simulate``, ``schema``.
+"""The one ``edgekite`` command: ``edge``, ``hub``, ``broker``, ``simulate``, ``schema``.
 
 Imports are deferred to the subcommand that needs them, so ``edgekite schema`` does not pay
 for aiohttp and the edge starts fast.
@@ -73,6 +73,54 @@ async def _run_edge(config: Any) -> int:
     return 0
 
 
+def _hub_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    over: dict[str, Any] = {}
+    if args.data_dir is not None:
+        over.setdefault("hub", {})["data_dir"] = str(args.data_dir)
+    if args.mqtt_url is not None:
+        over.setdefault("mqtt", {})["url"] = args.mqtt_url
+    if args.http_port is not None:
+        over.setdefault("http", {})["port"] = args.http_port
+    if args.log_level is not None:
+        over.setdefault("log", {})["level"] = args.log_level
+    return over
+
+
+def cmd_hub(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from edgekite.config import load_hub_config
+    from edgekite.logs import setup_logging
+
+    try:
+        config = load_hub_config(args.config, overrides=_hub_overrides(args))
+    except (ValidationError, OSError, ValueError) as exc:
+        print(f"edgekite: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.log.level, config.log.format)
+    from edgekite.hubstore import StoreLockedError
+
+    try:
+        return asyncio.run(_run_hub(config))
+    except StoreLockedError as exc:
+        print(f"edgekite hub: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _run_hub(config: Any) -> int:
+    from edgekite.hub_node import HubNode
+
+    async with HubNode(config) as node:
+        ready = time.monotonic() - _T0
+        print(
+            f"edgekite hub ready in {ready:.2f}s: HTTP {node.http_url}  MQTT {node.mqtt_description}  "
+            f"storage {node.store.description}",
+            flush=True,
+        )
+        await node.run()
+    return 0
+
+
 def cmd_broker(args: argparse.Namespace) -> int:
     from broker.embedded import run_broker
     from edgekite.logs import setup_logging
@@ -124,6 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--hub-api-key", help="this edge's key at the hub (or sync.api_key in the config)")
     edge.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     edge.set_defaults(func=cmd_edge)
+
+    hub = sub.add_parser("hub", help="run the hub: batch ingest (MQTT and HTTP) into ClickHouse, read API")
+    hub.add_argument("--config", type=Path, help="TOML config file (EDGEKITE_HUB_* variables override it)")
+    hub.add_argument("--data-dir", type=Path, help="chDB data directory (default ./hub-data)")
+    hub.add_argument("--mqtt-url", help="hub broker, mqtt://HOST:PORT; omit for HTTP ingest only")
+    hub.add_argument(
+        "--http-port", type=int, help="HTTP port for ingest, the API and /metrics (default 8090)"
+    )
+    hub.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    hub.set_defaults(func=cmd_hub)
 
     brk = sub.add_parser("broker", help="run only the embedded MQTT broker (amqtt)")
     brk.add_argument("--host", default="0.0.0.0")

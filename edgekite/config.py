@@ -28,7 +28,9 @@ class _Section(BaseModel):
 
 
 class EdgeSection(_Section):
-    edge_id: str = Field("edge-1", pattern=EDGE_ID_PATTERN, description="This edge's name in the fleet; used in hub topics.")
+    edge_id: str = Field(
+        "edge-1", pattern=EDGE_ID_PATTERN, description="This edge's name in the fleet; used in hub topics."
+    )
     data_dir: Path = Field(Path("./data"), description="Where edge.db and its WAL live.")
 
 
@@ -193,10 +195,14 @@ class SyncSection(_Section):
     )
     username: str | None = Field(None, description="Hub broker username (per-edge credentials).")
     password: str | None = None
-    ca_file: Path | None = Field(None, description="CA bundle for mqtts:// or https://; system CAs when unset.")
+    ca_file: Path | None = Field(
+        None, description="CA bundle for mqtts:// or https://; system CAs when unset."
+    )
     cert_file: Path | None = Field(None, description="Client certificate (PEM) for the hub broker.")
     key_file: Path | None = Field(None, description="Key of the client certificate.")
-    client_id: str = Field("", description="MQTT client id at the hub broker. Default: edgekite-sync-<edge_id>.")
+    client_id: str = Field(
+        "", description="MQTT client id at the hub broker. Default: edgekite-sync-<edge_id>."
+    )
     batch_max_events: int = Field(2000, ge=1, le=20_000)
     batch_max_bytes: int = Field(
         1024**2, ge=4096, le=64 * 1024**2, description="Uncompressed JSON bytes per batch."

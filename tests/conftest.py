@@ -190,3 +190,80 @@ class EdgeProcess:
     @property
     def db_path(self) -> Path:
         return self.data_dir / "edge.db"
+
+
+_RUNNING_HUBS: list[HubProcess] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_hub_outlives_its_test() -> Iterator[None]:
+    """Like ``_no_edge_outlives_its_test``, for hubs started during the test."""
+    first = len(_RUNNING_HUBS)
+    yield
+    for hub in _RUNNING_HUBS[first:]:
+        if hub.proc is not None and hub.proc.poll() is None:
+            hub.proc.kill()
+            hub.proc.wait(10)
+    del _RUNNING_HUBS[first:]
+
+
+class HubProcess:
+    """``edgekite hub`` as a real child process (chDB in ``data_dir``), for crash and end-to-end tests.
+
+    ``HubProcess(data_dir, "--mqtt-url", url, env={...}).start()``; ``--http-port 0`` is added
+    unless given, and ``http_url`` is parsed from the ready line. Hub settings beyond the flags
+    go in ``env`` as ``EDGEKITE_HUB_<SECTION>__<KEY>`` variables.
+    """
+
+    def __init__(self, data_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.args = args
+        self.env = env
+        self.proc: subprocess.Popen[str] | None = None
+        self.ready_line = ""
+        self.http_url = ""
+        self.log_path = data_dir.parent / f"{data_dir.name}-hub.log"
+
+    def start(self, timeout: float = 30.0) -> HubProcess:
+        import os
+        import re
+        import sys
+
+        env = {**os.environ, **(self.env or {})}
+        args = list(self.args)
+        if "--http-port" not in args:
+            args += ["--http-port", "0"]
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("a")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edgekite.cli", "hub", "--data-dir", str(self.data_dir), *args],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            env=env,
+        )
+        _RUNNING_HUBS.append(self)
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if "ready" in line:
+                self.ready_line = line.strip()
+                match = re.search(r"HTTP (http://\S+)", line)
+                assert match, line
+                self.http_url = match.group(1)
+                return self
+            if not line and self.proc.poll() is not None:
+                break
+        self.proc.kill()
+        raise RuntimeError(f"hub did not become ready; log:\n{self.log_path.read_text()[-3000:]}")
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        self.proc.terminate()
+        return self.proc.wait(timeout)

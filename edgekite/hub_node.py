@@ -1,0 +1,130 @@
+"""The hub as one process: store, batch processor, MQTT consumers, one HTTP app.
+
+The composition root of the hub, the one place that knows every hub service (they only know
+``edgekite``). With chDB only one process may open the data directory, so ingest and the read
+API are parts of this one process; several hub processes need a ClickHouse server. Start order
+is store, HTTP (ingest route + read API), consumers; stop order is consumers (finish and ack what
+they hold), HTTP, store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from edgekite.config import HubConfig
+from edgekite.hub_metrics import HubMetrics
+from edgekite.hubstore import HubStore
+
+if TYPE_CHECKING:
+    from hub_ingest.consumer import ConsumerGroup
+    from hub_ingest.processor import BatchProcessor
+
+log = logging.getLogger(__name__)
+
+
+class HubNode:
+    """``async with HubNode(config) as node: await node.run()``."""
+
+    def __init__(self, config: HubConfig) -> None:
+        self.config = config
+        self.metrics = HubMetrics()
+        self.store = HubStore(config)
+        self.processor: BatchProcessor | None = None
+        self.consumers: ConsumerGroup | None = None
+        self._runner: web.AppRunner | None = None
+        self._stop = asyncio.Event()
+        self.http_url = ""
+        self.started_at = time.time()
+
+    @property
+    def mqtt_description(self) -> str:
+        return self.config.mqtt.url or "off"
+
+    async def __aenter__(self) -> HubNode:
+        from hub_ingest.processor import BatchProcessor
+
+        await self.store.run(self.store.open)
+        try:
+            self.processor = BatchProcessor(self.config, self.store, self.metrics)
+            await self._start_http(self.processor)
+            if self.config.mqtt.url:
+                await self._start_consumers(self.processor)
+        except BaseException:
+            await self._shutdown()
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._shutdown()
+
+    async def _start_consumers(self, processor: BatchProcessor) -> None:
+        from hub_ingest.consumer import ConsumerGroup
+
+        group = ConsumerGroup(self.config.mqtt, processor, self.store, self.metrics)
+        group.start()
+        self.consumers = group
+        loop = asyncio.get_running_loop()
+        if not await loop.run_in_executor(None, group.wait_connected, 10.0):
+            errors = {c.last_error for c in group.consumers if c.last_error}
+            log.warning(
+                "MQTT consumers not all subscribed at %s yet (%s); starting anyway, they keep retrying",
+                self.config.mqtt.url,
+                "; ".join(sorted(errors)) or "no answer",
+            )
+
+    async def _start_http(self, processor: BatchProcessor) -> None:
+        from hub_api.app import HubApiContext, MqttState, create_app
+        from hub_ingest.http import add_ingest_routes
+
+        def connected() -> int:
+            return self.consumers.connected_count if self.consumers is not None else 0
+
+        ctx = HubApiContext(
+            self.config,
+            self.store,
+            self.metrics,
+            dev_mode=processor.dev_mode,
+            mqtt=MqttState(bool(self.config.mqtt.url), self.config.mqtt.consumers, connected),
+            started_at=self.started_at,
+        )
+        app = create_app(ctx)
+        add_ingest_routes(app, processor, self.store)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port)
+        await site.start()
+        port = self._runner.addresses[0][1] if self._runner.addresses else self.config.http.port
+        host = "127.0.0.1" if self.config.http.host in ("0.0.0.0", "::") else self.config.http.host
+        self.http_url = f"http://{host}:{port}"
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.request_stop)
+        await self._stop.wait()
+        log.info("stopping: finishing the batches in hand")
+
+    async def _shutdown(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.consumers is not None:
+            group, self.consumers = self.consumers, None
+            await loop.run_in_executor(None, group.stop)
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.store.run(self.store.close)
+        await loop.run_in_executor(None, self.store.shutdown_executor)

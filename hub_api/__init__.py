@@ -1,0 +1,1 @@
+"""Hub read API (aiohttp): fleet, event search across edges, dead letters, health, metrics."""

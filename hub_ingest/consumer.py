@@ -1,0 +1,310 @@
+"""MQTT consumers: a shared subscription to every edge's batches, acks only after the insert.
+
+paho-mqtt 2.x is used directly (MQTT 5, ``manual_ack``): the PUBACK for a batch is sent only
+after its rows are in ClickHouse and its ack is published, so a hub killed mid-batch has the
+batch redelivered by the broker (persistent session: ``clean_start=False`` plus a session
+expiry). Several consumers in one process (``mqtt.consumers``) split the load with other hub
+processes through ``$share/<group>/...``.
+
+Threads: paho's network thread per consumer only hands messages on; one decode thread validates
+(``BatchProcessor.prepare``) and the store's single thread inserts (``commit``), so decoding the
+next batch overlaps with inserting this one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+import orjson
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edgekite.config import HubMqttSection
+from edgekite.hub_metrics import HubMetrics
+from edgekite.hubstore import HubStore
+from edgekite.sync_protocol import SIGNATURE_PROPERTY, Ack
+from edgekite.topics import edge_id_from_batch_topic, hub_ack_topic, hub_batch_share_filter, hub_status_topic
+from hub_ingest.processor import BatchProcessor, PreparedBatch
+
+log = logging.getLogger(__name__)
+
+ONLINE = orjson.dumps({"online": True})
+OFFLINE = orjson.dumps({"online": False})
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+    tls: bool
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerAddress:
+        parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ValueError(f"unsupported hub broker URL scheme {parts.scheme!r} (use mqtt:// or mqtts://)")
+        tls = parts.scheme == "mqtts"
+        return cls(
+            parts.hostname or "127.0.0.1",
+            parts.port or (8883 if tls else 1883),
+            tls,
+            unquote(parts.username) if parts.username else None,
+            unquote(parts.password) if parts.password else None,
+        )
+
+
+def signature_of(msg: mqtt.MQTTMessage) -> str | None:
+    props = getattr(msg, "properties", None)
+    for key, value in getattr(props, "UserProperty", None) or []:
+        if key == SIGNATURE_PROPERTY:
+            return str(value)
+    return None
+
+
+class Consumer:
+    """One MQTT session of the share group. ``start()`` returns at once; ``stop()`` drains."""
+
+    def __init__(
+        self,
+        index: int,
+        cfg: HubMqttSection,
+        processor: BatchProcessor,
+        store: HubStore,
+        decoder: ThreadPoolExecutor,
+        on_state: Callable[[], None],
+    ) -> None:
+        self.index = index
+        self.cfg = cfg
+        self.client_id = f"{cfg.client_id}-{index}"
+        self._processor = processor
+        self._store = store
+        self._decoder = decoder
+        self._on_state = on_state
+        self._addr = BrokerAddress.parse(cfg.url)
+        self._connected = threading.Event()
+        self._stopping = threading.Event()
+        self._generation = 0
+        self._pending = 0
+        self._pending_lock = threading.Lock()
+        self.last_error: str | None = None
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=mqtt.MQTTv5,
+            manual_ack=True,
+        )
+        username = cfg.username if cfg.username is not None else self._addr.username
+        password = cfg.password if cfg.password is not None else self._addr.password
+        if username is not None:
+            client.username_pw_set(username, password)
+        if self._addr.tls or cfg.cert_file is not None:
+            client.tls_set(
+                ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
+                certfile=str(cfg.cert_file) if cfg.cert_file else None,
+                keyfile=str(cfg.key_file) if cfg.key_file else None,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        client.will_set(hub_status_topic(), OFFLINE, qos=1, retain=True)
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        self._client = client
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def start(self) -> None:
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = self.cfg.session_expiry_secs
+        props.ReceiveMaximum = self.cfg.receive_maximum
+        self._client.connect_async(
+            self._addr.host, self._addr.port, keepalive=30, clean_start=False, properties=props
+        )
+        self._client.loop_start()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def stop(self, drain_timeout: float = 30.0, *, last: bool = True) -> None:
+        """Stop taking batches, finish (store + ack) those in hand, then disconnect.
+
+        Batches not yet in hand stay with the broker for this session (no PUBACK was sent).
+        """
+        self._stopping.set()
+        deadline = time.monotonic() + drain_timeout
+        while self._pending and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if last and self._connected.is_set():
+            info = self._client.publish(hub_status_topic(), OFFLINE, qos=1, retain=True)
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(2)
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._connected.clear()
+        self._on_state()
+
+    # -- paho callbacks (paho's thread) -------------------------------------------------------
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.ConnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason.is_failure:
+            self.last_error = f"hub broker refused the connection: {reason}"
+            log.error("consumer %s: %s", self.client_id, self.last_error)
+            return
+        self._generation += 1
+        self.last_error = None
+        client.subscribe(hub_batch_share_filter(self.cfg.share_group), qos=1)
+        client.publish(hub_status_topic(), ONLINE, qos=1, retain=True)
+        log.info(
+            "consumer %s connected to %s:%d (session present: %s)",
+            self.client_id,
+            self._addr.host,
+            self._addr.port,
+            flags.session_present,
+        )
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        mid: int,
+        reasons: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        refused = [str(r) for r in reasons if r.is_failure]
+        if refused:
+            self.last_error = f"hub broker refused the subscription: {', '.join(refused)} (check its ACL)"
+            log.error("consumer %s: %s", self.client_id, self.last_error)
+            return
+        self._connected.set()
+        self._on_state()
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.DisconnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self._connected.clear()
+        self._on_state()
+        if not self._stopping.is_set():
+            log.warning("consumer %s lost the hub broker (%s); reconnecting", self.client_id, reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        if self._stopping.is_set():
+            return  # not acknowledged: the broker redelivers it to our session later
+        mid, qos, generation = msg.mid, msg.qos, self._generation
+        topic = msg.topic
+        payload = bytes(msg.payload)
+        signature = signature_of(msg)
+        with self._pending_lock:
+            self._pending += 1
+
+        def puback() -> None:
+            if qos > 0 and generation == self._generation:
+                client.ack(mid, qos)
+
+        def finish(ack: Ack | None, edge_id: str | None) -> None:
+            try:
+                if ack is not None and edge_id is not None:
+                    client.publish(hub_ack_topic(edge_id), ack.to_bytes(), qos=1)
+                # Every answered batch is consumed, 'retry' and 'refused' included: the edge keeps
+                # the batch until an 'ok' ack and resends it itself (after retry_after_ms).
+                puback()
+            finally:
+                with self._pending_lock:
+                    self._pending -= 1
+
+        def commit_job(prepared: object, edge_id: str | None) -> None:
+            ack: Ack | None = None
+            try:
+                assert isinstance(prepared, PreparedBatch)
+                ack = self._processor.commit(prepared)
+            except Exception:
+                log.exception(
+                    "consumer %s: unexpected error storing a batch; not acknowledged", self.client_id
+                )
+                with self._pending_lock:
+                    self._pending -= 1
+                return
+            finish(ack, edge_id)
+
+        def decode_job() -> None:
+            edge_id = edge_id_from_batch_topic(topic)
+            try:
+                if edge_id is None:
+                    self._processor.metrics.batches_received.labels("mqtt").inc()
+                    self._processor.metrics.batches_refused.labels("bad_topic").inc()
+                    log.warning(
+                        "consumer %s: batch on unexpected topic %r dropped", self.client_id, topic[:200]
+                    )
+                    finish(None, None)
+                    return
+                prepared = self._processor.prepare(edge_id, payload, signature, transport="mqtt")
+            except Exception:
+                log.exception(
+                    "consumer %s: unexpected error decoding a batch; not acknowledged", self.client_id
+                )
+                with self._pending_lock:
+                    self._pending -= 1
+                return
+            if isinstance(prepared, Ack):
+                finish(prepared, edge_id)
+            else:
+                self._store.submit(lambda: commit_job(prepared, edge_id))
+
+        self._decoder.submit(decode_job)
+
+
+class ConsumerGroup:
+    """``mqtt.consumers`` consumers sharing one decode thread and the store's thread."""
+
+    def __init__(self, cfg: HubMqttSection, processor: BatchProcessor, store: HubStore, metrics: HubMetrics):
+        self._metrics = metrics
+        self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-decode")
+        self.consumers = [
+            Consumer(i, cfg, processor, store, self._decoder, self._update) for i in range(cfg.consumers)
+        ]
+
+    def _update(self) -> None:
+        self._metrics.mqtt_connected.set(self.connected_count)
+
+    @property
+    def connected_count(self) -> int:
+        return sum(c.connected for c in self.consumers)
+
+    def start(self) -> None:
+        for c in self.consumers:
+            c.start()
+
+    def wait_connected(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        return all(c.wait_connected(max(0.0, deadline - time.monotonic())) for c in self.consumers)
+
+    def stop(self) -> None:
+        for i, c in enumerate(self.consumers):
+            c.stop(last=i == len(self.consumers) - 1)
+        self._decoder.shutdown(wait=True)

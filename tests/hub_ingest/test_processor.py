@@ -1,0 +1,172 @@
+"""BatchProcessor against a real chDB: exactly once in effect, auth, dead letters, rate limits.
+
+One store per module (chDB start costs ~1 s); each test uses its own edge ids so they do not
+see each other's rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edgekite.config import HubConfig
+from edgekite.hub_metrics import HubMetrics
+from edgekite.hubstore import HubStore
+from edgekite.sync_protocol import sign
+from hub_ingest.processor import BatchProcessor, PreparedBatch
+from tests.hub_ingest.helpers import KEY_A, KEY_B, batch, envelopes, hub_config, metric
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubStore]:
+    s = HubStore(hub_config(tmp_path_factory.mktemp("hub") / "data"))
+    s.open()
+    yield s
+    s.close()
+
+
+def _processor(store: HubStore, **sections: object) -> BatchProcessor:
+    cfg: HubConfig = hub_config(Path(store.config.hub.data_dir), **sections)
+    return BatchProcessor(cfg, store, HubMetrics())
+
+
+def _count(store: HubStore, edge: str, *, final: bool = False) -> int:
+    if final:
+        store.command(f"OPTIMIZE TABLE {store.table('events')} FINAL")
+    rows = store.query_rows(
+        f"SELECT count() FROM {store.table('events')} WHERE edge_id = {{e:String}}", {"e": edge}
+    )
+    return int(rows[0][0])
+
+
+def _ledger(store: HubStore, edge: str) -> tuple[int, int]:
+    rows = store.query_rows(
+        f"SELECT sum(events), count() FROM {store.table('batches')} FINAL WHERE edge_id = {{e:String}}",
+        {"e": edge},
+    )
+    return int(rows[0][0]), int(rows[0][1])
+
+
+def test_resent_batch_changes_no_number(store: HubStore) -> None:
+    p = _processor(store)
+    payload = batch("resend", "s:1-100", envelopes(100, seed=11))
+    first = p.process("resend", payload, None)
+    assert first.status == "ok" and first.accepted == 100 and not first.duplicate
+    again = p.process("resend", payload, None)
+    assert again.status == "ok" and again.duplicate and again.accepted == 100
+    assert _ledger(store, "resend") == (100, 1)
+    assert _count(store, "resend") == 100
+    assert _count(store, "resend", final=True) == 100
+    assert metric(p.metrics.render().decode(), "edgekite_hub_batches_duplicate_total") == 1
+
+
+def test_rebatched_resend_is_not_double_counted_in_storage(store: HubStore) -> None:
+    p = _processor(store)
+    evs = envelopes(60, seed=12)
+    assert p.process("rebatch", batch("rebatch", "s:1-60", evs), None).accepted == 60
+    # The same events under other batch ids (the edge re-cut its batches): new to the ledger,
+    # so they are inserted again ...
+    assert p.process("rebatch", batch("rebatch", "s:1-30", evs[:30]), None).accepted == 30
+    assert p.process("rebatch", batch("rebatch", "s:31-60", evs[30:]), None).accepted == 30
+    # ... and collapse in the ReplacingMergeTree: storage holds each event once after the merge.
+    assert _count(store, "rebatch", final=True) == 60
+    # The ledger counts what each batch brought, so /api/fleet says 120 for this edge here:
+    # a re-cut batch is the one case the ledger over-counts (the edge keeps batch ids
+    # deterministic, store_id:first-last, precisely so that a resend reuses its id).
+    assert _ledger(store, "rebatch") == (120, 3)
+    rows = store.query_rows(
+        f"SELECT count() FROM (SELECT event_id FROM {store.table('events')} "
+        "WHERE edge_id = {e:String} LIMIT 1 BY event_id)",
+        {"e": "rebatch"},
+    )
+    assert rows[0][0] == 60
+
+
+def test_insert_token_drops_a_batch_whose_ledger_row_was_never_written(store: HubStore) -> None:
+    """A crash between the events insert and the ledger row: the redelivery inserts nothing new."""
+    p = _processor(store)
+    payload = batch("halfway", "s:1-40", envelopes(40, seed=13))
+    prepared = p.prepare("halfway", payload, None)
+    assert isinstance(prepared, PreparedBatch)
+    store.insert_arrow("events", prepared.events_table, "halfway/s:1-40")  # then "crash"
+    ack = p.process("halfway", payload, None)
+    assert ack.status == "ok" and not ack.duplicate and ack.accepted == 40
+    assert _count(store, "halfway") == 40  # before any merge
+    assert _ledger(store, "halfway") == (40, 1)
+
+
+def test_forged_batches_are_refused_and_counted(store: HubStore) -> None:
+    p = _processor(store, edges={"edge-a": {"api_key": KEY_A}, "edge-b": {"api_key": KEY_B}})
+    assert not p.dev_mode
+    evs = envelopes(5, seed=14)
+    good = batch("edge-a", "s:1-5", evs)
+    cases = {
+        "bad_signature": p.process("edge-a", good, sign(KEY_B, good)),
+        "edge_mismatch": p.process("edge-b", good, sign(KEY_A, good)),  # a's batch on b's topic
+        "unknown_edge": p.process("edge-z", batch("edge-z", "s:1-5", evs), sign(KEY_A, good)),
+        "bad_key": p.process(None, good, None, http_key=KEY_B, transport="http"),
+    }
+    missing_sig = p.process("edge-a", good, None)
+    assert missing_sig.status == "refused" and (missing_sig.reason or "").startswith("bad_signature")
+    text = p.metrics.render().decode()
+    for reason, ack in cases.items():
+        assert ack.status == "refused", reason
+        assert (ack.reason or "").startswith(reason)
+        want = 2 if reason == "bad_signature" else 1
+        assert metric(text, "edgekite_hub_batches_refused_total", f'reason="{reason}"') == want
+    assert _count(store, "edge-a") == 0
+    assert p.process("edge-a", good, sign(KEY_A, good)).status == "ok"
+    http_ok = p.process(None, batch("edge-b", "s:1-5", evs), None, http_key=KEY_B, transport="http")
+    assert http_ok.status == "ok"
+    garbage = p.process("edge-a", b"not zstd at all", None)
+    assert garbage.status == "refused" and (garbage.reason or "").startswith("bad_compression")
+
+
+def test_invalid_events_go_to_dead_letter_good_ones_are_stored(store: HubStore) -> None:
+    p = _processor(store)
+    evs = envelopes(10, seed=15)
+    bad = {**evs[3], "event": {**evs[3]["event"], "severity": "apocalyptic"}}
+    no_id = {k: v for k, v in evs[4].items() if k != "event_id"}
+    mixed = [*evs[:3], bad, no_id, *evs[5:]]
+    ack = p.process("dl", batch("dl", "s:1-10", mixed), None)
+    assert ack.status == "ok" and ack.accepted == 8
+    assert {(r.index, r.code) for r in ack.rejected} == {(3, "invalid_envelope"), (4, "missing_event_id")}
+    rows = store.query_rows(
+        f"SELECT event_index, code, reason, payload FROM {store.table('dead_letter')} "
+        "WHERE edge_id = {e:String} ORDER BY event_index",
+        {"e": "dl"},
+    )
+    assert [(r[0], r[1]) for r in rows] == [(3, "invalid_envelope"), (4, "missing_event_id")]
+    assert "severity" in rows[0][2] and "apocalyptic" in rows[0][3]
+    assert _count(store, "dl") == 8
+    assert _ledger(store, "dl") == (8, 1)
+    text = p.metrics.render().decode()
+    assert metric(text, "edgekite_hub_events_rejected_total", 'code="missing_event_id"') == 1
+    assert metric(text, "edgekite_hub_events_accepted_total") == 8
+
+
+def test_rate_limit_answers_retry(store: HubStore) -> None:
+    clock = [100.0]
+    cfg = hub_config(
+        Path(store.config.hub.data_dir),
+        ingest={"rate_limit_events_per_sec": 100, "rate_limit_burst_events": 100},
+    )
+    p = BatchProcessor(cfg, store, HubMetrics(), monotonic=lambda: clock[0])
+    evs = envelopes(160, seed=16)
+    assert p.process("rl", batch("rl", "s:1-80", evs[:80]), None).status == "ok"
+    ack = p.process("rl", batch("rl", "s:81-160", evs[80:], first_seq=81), None)
+    assert ack.status == "retry" and ack.retry_after_ms is not None and 500 <= ack.retry_after_ms <= 700
+    assert metric(p.metrics.render().decode(), "edgekite_hub_batches_retry_total", 'reason="rate_limit"') == 1
+    clock[0] += ack.retry_after_ms / 1000
+    assert p.process("rl", batch("rl", "s:81-160", evs[80:], first_seq=81), None).status == "ok"
+    assert _ledger(store, "rl") == (160, 2)
+
+
+def test_storage_failure_answers_retry_never_raises(tmp_path: Path) -> None:
+    cfg = hub_config(tmp_path / "never-opened")
+    p = BatchProcessor(cfg, HubStore(cfg), HubMetrics())  # the store is not open: every call fails
+    ack = p.process("down", batch("down", "s:1-3", envelopes(3)), None)
+    assert ack.status == "retry" and ack.retry_after_ms and (ack.reason or "").startswith("storage")
+    assert metric(p.metrics.render().decode(), "edgekite_hub_batches_retry_total", 'reason="storage"') == 1
