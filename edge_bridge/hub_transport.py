@@ -311,7 +311,7 @@ class HttpHubTransport:
             self.last_error = f"hub answered HTTP {status} without an ack: {body[:200]!r}"
             self._on_failure(batch_id, self.last_error)
             return
-        self.last_error = None if ack.status == "ok" else ack.reason
+        self.last_error = None  # the hub answered; what it said is the worker's to report
         self._on_ack(ack)
 
 

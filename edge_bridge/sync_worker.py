@@ -414,7 +414,8 @@ class SyncWorker:
             "in_flight": len(self._in_flight),
             "synced_to": self._synced_to,
             "last_success_ms": self.last_success_ms,
-            "last_error": (t.last_error if t is not None else None) or self.last_error,
+            "last_error": self.last_error,
+            "transport_error": None if t is None else t.last_error,
             "last_error_ms": self.last_error_ms,
             "privacy": {"pii": self._sc.pii, "short_retention": self._sc.short_retention},
         }
