@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from edgekite.config import env_overrides, load_edge_config
+from edgekite.config import env_overrides, load_edge_config, load_hub_config
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "edge.toml"
 
@@ -53,3 +53,22 @@ def test_typos_and_bad_values_are_refused(tmp_path: Path, toml: str) -> None:
     f.write_text(toml)
     with pytest.raises(ValidationError):
         load_edge_config(f, environ={})
+
+
+def test_hub_example_loads_and_hub_variables_have_their_own_prefix() -> None:
+    hub_example = EXAMPLE.parent / "hub.toml"
+    env = {"EDGEKITE_HUB_HTTP__PORT": "9999", "EDGEKITE_HTTP__PORT": "7777"}
+    hub = load_hub_config(hub_example, environ=env)
+    assert hub.http.port == 9999 and hub.storage.backend == "chdb" and hub.edges == {}
+    edge = load_edge_config(EXAMPLE, environ=env)
+    assert edge.http.port == 7777, "an edge never reads the hub's variables, nor the hub the edge's"
+    assert edge.sync.enabled is False and edge.sync.client_id == "edgekite-sync-farm-17"
+
+
+def test_sync_takes_one_transport_and_edge_ids_fit_in_a_topic() -> None:
+    with pytest.raises(ValidationError, match="not both"):
+        load_edge_config(environ={}, overrides={"sync": {"hub_url": "http://h", "hub_mqtt_url": "mqtt://h"}})
+    with pytest.raises(ValidationError):
+        load_edge_config(environ={}, overrides={"edge": {"edge_id": "a/b+"}})
+    with pytest.raises(ValidationError):
+        load_hub_config(environ={}, overrides={"edges": {"bad/id": {"api_key": "k" * 20}}})
