@@ -111,8 +111,17 @@ function renderStorage(el, hd) {
     ['Disk free', Number.isFinite(free) ? fmtBytes(free) : '—'],
     ['Disk used', Number.isFinite(total) && Number.isFinite(free) ? usageBar(total - free, total, 'disk used') : '—'],
     ['Sync to hub', !sync ? 'not reported'
-      : sync.enabled ? h('span', {}, okTag(true, 'enabled', ''), ` backlog ${fmtNum(Number(sync.backlog))}, last sync ${relTime(sync.last_sync)}`)
-        : h('span', {class: 'muted'}, 'disabled (no hub configured)')],
+      : sync.enabled ? h('span', {id: 'sync-state'}, okTag(Boolean(sync.connected), String(sync.transport ?? 'on'), 'hub unreachable'),
+        ` ${String(sync.hub ?? '')}`)
+        : h('span', {class: 'muted'}, 'off (no hub configured)')],
+    ...(sync?.enabled ? [
+      ['Backlog', h('span', {id: 'sync-backlog', class: Number(sync.backlog) > 0 ? 'warn-text' : null},
+        `${fmtNum(Number(sync.backlog))} events` + (sync.oldest_unsynced_age_secs != null
+          ? `, oldest ${fmtNum(Math.round(Number(sync.oldest_unsynced_age_secs)))} s old` : ''))],
+      ['In flight', `${fmtNum(Number(sync.in_flight))} batches`],
+      ['Last acknowledged', sync.last_success_ms ? timeEl(sync.last_success_ms) : h('span', {class: 'muted'}, 'never')],
+      sync.last_error ? ['Last sync error', h('span', {class: 'bad-text'}, String(sync.last_error), ' ', relTime(sync.last_error_ms))] : null,
+    ].filter(Boolean) : []),
   ]));
 }
 

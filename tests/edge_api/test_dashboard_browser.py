@@ -439,3 +439,30 @@ def test_tracker_sends_page_views(edge: Edge, browser: Any, tmp_path: Path) -> N
         assert [u for u in sent if "/api/events" in u] == []
         assert site_events(edge, "tracker-dnt") == []
         context.close()
+
+
+def test_health_page_shows_the_sync_backlog_and_why_it_is_stuck(tmp_path: Path, browser: Any) -> None:
+    """A hub that answers nothing (a closed port): the operator sees the backlog and the error."""
+    dead_hub = f"http://127.0.0.1:{free_port()}"
+    env = {"EDGEKITE_SYNC__HUB_URL": dead_hub, "EDGEKITE_SYNC__BACKOFF_MAX_SECS": "1"}
+    syncing = start_edge(tmp_path / "data", env=env)
+    try:
+        events = [
+            {"source": {"type": "server", "id": "pos-1"}, "event": {"category": "app", "type": "sale"}}
+            for _ in range(7)
+        ]
+        assert http_json(f"{syncing.base}/api/events/batch", events)["accepted"] == 7
+        wait_for(lambda: http_json(f"{syncing.base}/api/health")["sync"]["backlog"] == 7)
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        page.set_default_timeout(10_000)
+        errors = PageErrors(page)
+        page.goto(f"{syncing.base}/#/health")
+        expect(page.locator("#sync-backlog")).to_contain_text("7 events")
+        expect(page.locator("#sync-state")).to_contain_text(dead_hub)
+        expect(page.get_by_text("Last sync error")).to_be_visible()
+        expect(page.locator("dl.kv", has_text="Sync to hub")).to_contain_text("cannot reach the hub")
+        assert errors.errors == []
+        context.close()
+    finally:
+        stop_edge(syncing)
