@@ -104,7 +104,10 @@ class MqttHubTransport:
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
+        client.on_publish = self._on_publish
         client.max_queued_messages_set(0)
+        self._mids: dict[int, str] = {}  # publish mid -> batch id, until the broker's PUBACK
+        self._mids_lock = threading.Lock()
         self._client = client
 
     @property
@@ -126,7 +129,10 @@ class MqttHubTransport:
         props.UserProperty = [("ek-batch", batch_id)]
         if signature is not None:
             props.UserProperty = [("ek-batch", batch_id), (sync_protocol.SIGNATURE_PROPERTY, signature)]
-        info = self._client.publish(self._batch_topic, payload, qos=1, properties=props)
+        with self._mids_lock:  # held across publish: the PUBACK may arrive before it returns
+            info = self._client.publish(self._batch_topic, payload, qos=1, properties=props)
+            if info.rc == mqtt.MQTT_ERR_SUCCESS:
+                self._mids[info.mid] = batch_id
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             self._loop.call_soon_threadsafe(
                 self._on_failure, batch_id, f"publish failed: {mqtt.error_string(info.rc)}"
@@ -209,6 +215,26 @@ class MqttHubTransport:
         properties: Properties | None,
     ) -> None:
         self._ready.clear()
+
+    def _on_publish(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        mid: int,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        """The broker's PUBACK. A refusal (MQTT 5 reason code, e.g. an ACL) is reported at once,
+        instead of surfacing only as a missing ack from the hub."""
+        with self._mids_lock:
+            batch_id = self._mids.pop(mid, None)
+        if batch_id is not None and reason.is_failure:
+            self.last_error = (
+                f"hub broker refused batch {batch_id} on {self._batch_topic}: {reason} "
+                "(its ACL lets this login publish only under its own edge id)"
+            )
+            log.error(self.last_error)
+            self._loop.call_soon_threadsafe(self._on_failure, batch_id, self.last_error)
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         if msg.topic == self._status_topic:
