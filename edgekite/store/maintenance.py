@@ -78,9 +78,10 @@ def retention_step(
     more = False
     window = cfg.chunk_rows * 4
     keep_above = synced_to(conn) if keep_unsynced else None
+    newest = _newest_rowid(conn)
     for cls in RETENTION_CLASSES:
         cutoff = now_ms - int(cfg.days_for(cls) * 86_400_000)
-        upper = last_rowid_received_before(conn, cutoff)
+        upper = min(last_rowid_received_before(conn, cutoff), newest - 1)
         if keep_above is not None:
             upper = min(upper, keep_above)
         lower = state.scanned_to.get(cls, 0)
@@ -105,6 +106,13 @@ def retention_step(
     return deleted, more
 
 
+def _newest_rowid(conn: sqlite3.Connection) -> int:
+    """Deletes always spare the newest row: an emptied rowid table would hand out rowid 1 again,
+    and the outbox's watermarks rely on rowids never going back."""
+    (top,) = conn.execute("SELECT max(rowid) FROM events").fetchone()
+    return int(top or 0)
+
+
 def _count_deleted(conn: sqlite3.Connection, n: int) -> None:
     if n:
         conn.execute("UPDATE counters SET value = value - ? WHERE name = 'events_stored'", (n,))
@@ -127,12 +135,14 @@ def size_cap_step(
     """
     if live_bytes(conn) <= cfg.max_db_bytes:
         return 0, False
+    newest = _newest_rowid(conn)
     conn.execute("BEGIN IMMEDIATE")
     try:
         if count_unsynced:
             (dropped,) = conn.execute(
-                "SELECT count(*) FROM (SELECT rowid FROM events ORDER BY rowid LIMIT ?) WHERE rowid > ?",
-                (cfg.chunk_rows, synced_to(conn)),
+                "SELECT count(*) FROM (SELECT rowid FROM events WHERE rowid < ? ORDER BY rowid LIMIT ?) "
+                "WHERE rowid > ?",
+                (newest, cfg.chunk_rows, synced_to(conn)),
             ).fetchone()
             if dropped:
                 conn.execute(
@@ -140,8 +150,9 @@ def size_cap_step(
                 )
                 log.warning("size cap: deleting %d events the hub has not received", dropped)
         cur = conn.execute(
-            "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events ORDER BY rowid LIMIT ?)",
-            (cfg.chunk_rows,),
+            "DELETE FROM events WHERE rowid IN "
+            "(SELECT rowid FROM events WHERE rowid < ? ORDER BY rowid LIMIT ?)",
+            (newest, cfg.chunk_rows),
         )
         _count_deleted(conn, cur.rowcount)
         conn.execute("COMMIT")

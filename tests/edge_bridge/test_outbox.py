@@ -135,3 +135,24 @@ def test_the_size_cap_wins_over_the_backlog_and_counts_what_it_drops(
         time.sleep(0.05)
     assert 0 < left < 3000
     assert dropped == 3000 - left, "every event dropped unsynced is counted"
+
+
+def test_rowids_never_go_back_even_when_retention_empties_the_table(
+    store_factory: Callable[..., tuple[EdgeStore, EdgeConfig]],
+) -> None:
+    """An emptied rowid table restarts at 1, below the outbox's watermark: new events would never
+    be sent. Retention therefore always spares the newest row."""
+    store, cfg = store_factory(sync=HUB, retention={"standard_days": 1, "interval_secs": 0.05})
+    clock = store.clock  # type: ignore[attr-defined]
+    clock.t -= 3 * 86_400
+    write(store, cfg, 10)
+    clock.t += 3 * 86_400
+    run(store, lambda c: outbox.record_batch(c, batch(1, 1, 10), 0, 0))
+    run(store, lambda c: outbox.complete_batch(c, "s:1-10"))
+    deadline = time.monotonic() + 10
+    while db_rows(cfg.db_path, "SELECT count(*) FROM events") != [(1,)] and time.monotonic() < deadline:
+        run(store, lambda c: None)  # let the writer loop run its maintenance
+        time.sleep(0.05)
+    assert db_rows(cfg.db_path, "SELECT rowid FROM events") == [(10,)], "the newest row is spared"
+    write(store, cfg, 1)
+    assert db_rows(cfg.db_path, "SELECT max(rowid) FROM events") == [(11,)], "above the watermark"
