@@ -67,6 +67,7 @@ class SyncWorker:
         self._policy = PrivacyPolicy()
         self._backlog = 0
         self._oldest_ms: int | None = None
+        self._counters: dict[str, int] = {}
         self._gauges_at = 0.0
         self._last_sent = 0.0
         self.last_success_ms: int | None = None
@@ -381,7 +382,7 @@ class SyncWorker:
         self._gauges_at = now
         synced_to = self._synced_to
 
-        def measure(r: Reader) -> tuple[int, int | None]:
+        def measure(r: Reader) -> tuple[int, int | None, dict[str, int]]:
             (n,) = r.conn.execute(
                 "SELECT count(*) FROM (SELECT 1 FROM events WHERE rowid > ? LIMIT ?)",
                 (synced_to, _BACKLOG_EXACT_UP_TO),
@@ -392,9 +393,9 @@ class SyncWorker:
             row = r.conn.execute(
                 "SELECT received_at FROM events WHERE rowid > ? ORDER BY rowid LIMIT 1", (synced_to,)
             ).fetchone()
-            return int(n), (int(row[0]) if row else None)
+            return int(n), (int(row[0]) if row else None), outbox.counters(r.conn)
 
-        self._backlog, self._oldest_ms = await self._reads.run(measure)
+        self._backlog, self._oldest_ms, self._counters = await self._reads.run(measure)
         self._metrics.sync_backlog.set(self._backlog)
         age = 0.0 if self._oldest_ms is None else max(0.0, (self._store.now_ms() - self._oldest_ms) / 1000)
         self._metrics.sync_oldest_age.set(age)
@@ -417,5 +418,11 @@ class SyncWorker:
             "last_error": self.last_error,
             "transport_error": None if t is None else t.last_error,
             "last_error_ms": self.last_error_ms,
+            "events_synced": self._counters.get("sync_events_synced", 0),
+            "withheld": {
+                "pii": self._counters.get("sync_withheld_pii", 0),
+                "short": self._counters.get("sync_withheld_short", 0),
+            },
+            "dropped_unsynced": self._counters.get("sync_dropped_unsynced", 0),
             "privacy": {"pii": self._sc.pii, "short_retention": self._sc.short_retention},
         }

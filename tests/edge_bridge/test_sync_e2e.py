@@ -291,6 +291,7 @@ def test_http_transport_with_keys_privacy_border_and_a_forged_edge(tmp_path: Pat
     assert raw["events"] == [], "no raw visitor IP reached the hub"
     _, _, edge_metrics = http("GET", f"{edge_http(edge)}/metrics")
     assert metric(edge_metrics, "edgekite_sync_events_withheld_total", 'reason="short"') == 5
+    wait_for(lambda: sync_status(edge)["withheld"] == {"pii": 0, "short": 5}, timeout=5)
     assert len(db_rows(edge.db_path, "SELECT 1 FROM events WHERE retention_class = 'short'")) == 5
     edge.terminate()
     hub.terminate()
