@@ -61,7 +61,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402 - after the path set-up
+from _common import (
     BENCH_DIR,
     EDGEKITE,
     PYTHON,
@@ -197,7 +197,12 @@ class Hub:
         log = self.log_path.open("w")
         t0 = time.monotonic()
         self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True, cwd=str(self.data_dir.parent)
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            start_new_session=True,
+            cwd=str(self.data_dir.parent),
         )
         log.close()
         ready = threading.Event()
@@ -246,7 +251,15 @@ class Acker:
 
     def __enter__(self) -> Acker:
         self.proc = subprocess.Popen(
-            [str(PYTHON), str(Path(__file__).resolve()), "_acker", "--port", str(self.port), "--out", str(self.out)],
+            [
+                str(PYTHON),
+                str(Path(__file__).resolve()),
+                "_acker",
+                "--port",
+                str(self.port),
+                "--out",
+                str(self.out),
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -281,7 +294,9 @@ def acker_main(port: int, out: Path) -> int:
     from edgekite.sync_protocol import Ack, decode_batch
 
     stats = {"batches": 0, "events": 0, "bytes": 0, "errors": 0, "first": None, "last": None}
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-acker-{os.getpid()}", protocol=mqtt.MQTTv5)
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"bench-acker-{os.getpid()}", protocol=mqtt.MQTTv5
+    )
     client.max_inflight_messages_set(100)
 
     def on_connect(c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
@@ -347,6 +362,8 @@ def drain(
         "events": n,
         "edge_env": {k: v for k, v in env.items() if k.startswith("EDGEKITE_SYNC")},
         "started_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "loadavg_at_start": os.getloadavg(),
+        "code_hub_at_start": hub_fingerprint()["sha256"],
     }
     with contextlib.ExitStack() as stack:
         site = stack.enter_context(Mosquitto(run_dir))  # the edge's own (idle) site broker
@@ -389,6 +406,7 @@ def drain(
         next_uss = next_health = next_print = time.monotonic()
         t_synced = t_backlog0 = t_hub = None
         synced = 0
+        progress_at, progress_val = time.monotonic(), -1
         health: dict[str, Any] = {}
         hub_events = None
         errors: set[str] = set()
@@ -403,8 +421,17 @@ def drain(
                     with contextlib.suppress(psutil.Error):
                         uss_peak = max(uss_peak, proc.memory_full_info().uss / MB)
                 with contextlib.suppress(sqlite3.Error):
-                    row = watermark.execute("SELECT value FROM counters WHERE name = 'sync_synced_to'").fetchone()
+                    row = watermark.execute(
+                        "SELECT value FROM counters WHERE name = 'sync_synced_to'"
+                    ).fetchone()
                     synced = int(row[0]) if row else 0
+                if synced != progress_val:
+                    progress_at, progress_val = now, synced
+                elif now - progress_at > args.stall_timeout:
+                    raise RuntimeError(
+                        f"no sync progress for {args.stall_timeout:g} s at {synced:,}/{n:,}; edge sync status "
+                        f"{health}; hub log tail:\n{hub.log_tail() if hub else '-'}"
+                    )
                 if t_synced is None and synced >= n:
                     t_synced = el
                 # health every second while draining, every sample once the watermark is through
@@ -448,7 +475,9 @@ def drain(
             with contextlib.suppress(Exception):
                 m = edge.metrics()
                 result["edge_metrics"] = {
-                    k: v for k, v in m.items() if k.startswith("edgekite_sync_") and not k.endswith("_created")
+                    k: v
+                    for k, v in m.items()
+                    if k.startswith("edgekite_sync_") and not k.endswith("_created")
                 }
         finally:
             stop_py_spy(spy)
@@ -474,12 +503,17 @@ def drain(
                 for k, v in cpu.items()
             },
             errors_seen=sorted(errors),
+            loadavg_at_end=os.getloadavg(),
             final_sync_status=health,
             ended_utc=datetime.now(UTC).isoformat(timespec="seconds"),
         )
-        result["cores"] = {k: None if v is None else round(v / done, 2) for k, v in result["cpu_secs"].items()}
+        result["cores"] = {
+            k: None if v is None else round(v / done, 2) for k, v in result["cpu_secs"].items()
+        }
         em = result.get("edge_metrics", {})
-        ok = sum(v for k, v in em.items() if k.startswith("edgekite_sync_batches_total") and 'result="ok"' in k)
+        ok = sum(
+            v for k, v in em.items() if k.startswith("edgekite_sync_batches_total") and 'result="ok"' in k
+        )
         if ok:
             result["events_per_batch"] = round(n / ok)
         if acker is not None:
@@ -515,7 +549,11 @@ def verify_hub_storage(hub_dir: Path, edge_id: str) -> dict[str, Any]:
         "print(json.dumps({'rows': int(rows), 'distinct': int(distinct)}))\n"
     )
     out = subprocess.run(
-        [str(PYTHON), "-c", code, str(hub_dir), edge_id], capture_output=True, text=True, timeout=300, cwd=REPO
+        [str(PYTHON), "-c", code, str(hub_dir), edge_id],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
     )
     if out.returncode:
         return {"error": out.stderr[-2000:]}
@@ -535,7 +573,10 @@ PROFILE_RULES: list[tuple[str, tuple[str, ...]]] = [
     ("paho publish, caller side (transport.send)", ("send (/", "publish (")),
     ("ack parse (Ack.model_validate_json)", ("_on_message (",)),
     ("outbox SQLite writes (record_batch / complete_batch)", ("record_batch (", "complete_batch (")),
-    ("writer thread: transaction, commit, WAL control", ("_commit_with_retry (", "_control_wal (", "_commit (")),
+    (
+        "writer thread: transaction, commit, WAL control",
+        ("_commit_with_retry (", "_control_wal (", "_commit ("),
+    ),
     ("writer thread: retention / size cap", ("_maintenance_step (",)),
     ("paho network thread (socket I/O, packets)", ("_network (",)),
     ("aiohttp (health/metrics polled by the bench, HTTP transport)", ("aiohttp/",)),
@@ -543,7 +584,12 @@ PROFILE_RULES: list[tuple[str, tuple[str, ...]]] = [
 ]
 
 
+_WAITING = ("select (", "Condition.wait (", "_worker (/", "Event.wait (", "_write_to_self (")
+
+
 def _category(frames: list[str]) -> str:
+    if frames and any(s in frames[-1] for s in _WAITING):
+        return "waiting (selector, condition, executor queue: idle)"
     for frame in reversed(frames):  # innermost first
         for name, needles in PROFILE_RULES:
             if any(s in frame for s in needles):
@@ -572,7 +618,7 @@ def summarize_profile(raw: Path, top: int = 25) -> dict[str, Any]:
                 if head.startswith("thread "):
                     m = re.search(r'"([^"]+)"', head)
                     thread = m.group(1) if m else head
-        thread = re.sub(r"_\d+$", "", re.sub(r"-\d+(_\d+)?$", "", thread))
+        thread = re.sub(r"^thread \(\w+\): ", "", thread)
         total += k
         threads[thread] += k
         cats[_category(frames)] += k
@@ -645,21 +691,37 @@ def main() -> int:
     ap.add_argument("--parts", default="product,http,acker,sweep,profile", help="comma list (default: all)")
     ap.add_argument("--events", type=int, default=1_000_000, help="backlog for product/http/acker/profile")
     ap.add_argument("--http-events", type=int, help="backlog for the HTTP part (default: --events)")
-    ap.add_argument("--sweep-events", type=int, default=200_000, help="backlog per sweep run (default 200,000)")
+    ap.add_argument(
+        "--sweep-events", type=int, default=200_000, help="backlog per sweep run (default 200,000)"
+    )
     ap.add_argument("--rounds", type=int, default=3, help="runs per figure (default 3; medians)")
     ap.add_argument("--sample-interval", type=float, default=0.1, help="RSS sampling period, s (default 0.1)")
     ap.add_argument("--timeout", type=float, default=900, help="max seconds per drain (default 900)")
-    ap.add_argument("--py-spy", choices=("all", "gil"), default="all", help="profile sampling mode (default all)")
+    ap.add_argument(
+        "--py-spy", choices=("all", "gil"), default="all", help="profile sampling mode (default all)"
+    )
     ap.add_argument("--py-spy-dir", help="also copy py-spy's raw collapsed stacks here")
+    ap.add_argument(
+        "--profile-paths", default="mqtt,acker", help="drains profiled by 'profile': mqtt, http, acker"
+    )
+    ap.add_argument(
+        "--stall-timeout", type=float, default=60, help="abort a drain after this long without progress (s)"
+    )
     ap.add_argument(
         "--verify-hub",
         action="store_true",
         help="after each hub run, count() and uniqExact(event_id) in the hub's chDB (slower)",
     )
     ap.add_argument(
-        "--edge-env", action="append", default=[], metavar="EDGEKITE_X__Y=V", help="extra edge env (repeatable)"
+        "--edge-env",
+        action="append",
+        default=[],
+        metavar="EDGEKITE_X__Y=V",
+        help="extra edge env (repeatable)",
     )
-    ap.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help=f"filled stores (default {DEFAULT_CACHE})")
+    ap.add_argument(
+        "--cache-dir", type=Path, default=DEFAULT_CACHE, help=f"filled stores (default {DEFAULT_CACHE})"
+    )
     ap.add_argument("--refill", action="store_true", help="build the cached stores again")
     ap.add_argument("--tmp-dir", help="where the per-run copies go (default: system temp; a real disk)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
@@ -690,50 +752,109 @@ def main() -> int:
     for n in sorted(sizes):
         stores[n], results["stores"][str(n)] = ensure_fill(args.cache_dir, n, args.refill)
 
+    failures = (RuntimeError, AssertionError, TimeoutError, OSError)
+
     def timed(name: str, n: int, transport: str, extra: dict[str, str] | None = None) -> dict[str, Any]:
-        runs = []
+        runs, errors = [], []
         for r in range(args.rounds):
             print(f"  {name} round {r + 1}/{args.rounds} ({n:,} events, {transport})", flush=True)
-            res = drain(work, stores[n], n, transport, f"{name}-{r}", args, extra)
+            try:
+                res = drain(work, stores[n], n, transport, f"{name}-{r}", args, extra)
+            except failures as exc:
+                print(f"    [{utc_now()}] FAILED: {str(exc)[:3000]}", flush=True)
+                errors.append({"round": r, "at": utc_now(), "error": str(exc)[:5000]})
+                break  # a broken hub stays broken: skip the rest of this part
             print_run(res)
             runs.append(res)
-        return summary(runs)
+        out = summary(runs) if runs else {"runs": []}
+        out["errors"] = errors
+        return out
 
     with tempdir("ekbench-drain-", args.tmp_dir, args.keep) as work:
         if "product" in parts:
-            print(f"[{utc_now()}] product: edge -> Mosquitto -> edgekite hub (chDB), {args.events:,} events", flush=True)
+            print(
+                f"[{utc_now()}] product: edge -> Mosquitto -> edgekite hub (chDB), {args.events:,} events",
+                flush=True,
+            )
             results["product"] = timed("product", args.events, "mqtt")
         if "http" in parts:
-            print(f"[{utc_now()}] http: edge -> edgekite hub POST /api/ingest/batch, {http_events:,} events", flush=True)
+            print(
+                f"[{utc_now()}] http: edge -> edgekite hub POST /api/ingest/batch, {http_events:,} events",
+                flush=True,
+            )
             results["http"] = timed("http", http_events, "http")
         if "acker" in parts:
-            print(f"[{utc_now()}] acker (component): edge -> Mosquitto -> trivial acker, {args.events:,} events")
+            print(
+                f"[{utc_now()}] acker (component): edge -> Mosquitto -> trivial acker, {args.events:,} events"
+            )
             results["acker"] = timed("acker", args.events, "acker")
         if "sweep" in parts:
-            print(f"[{utc_now()}] sweep on the acker path, {args.sweep_events:,} events, interleaved", flush=True)
+            print(
+                f"[{utc_now()}] sweep on the acker path, {args.sweep_events:,} events, interleaved",
+                flush=True,
+            )
             sweep_runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in SWEEP}
             for r in range(args.rounds):
                 for i, (name, extra) in enumerate(SWEEP):
                     print(f"  sweep round {r + 1}/{args.rounds}: {name}", flush=True)
-                    res = drain(work, stores[args.sweep_events], args.sweep_events, "acker", f"sweep{i}-{r}", args, extra)
+                    try:
+                        res = drain(
+                            work,
+                            stores[args.sweep_events],
+                            args.sweep_events,
+                            "acker",
+                            f"sweep{i}-{r}",
+                            args,
+                            extra,
+                        )
+                    except failures as exc:
+                        print(f"    [{utc_now()}] FAILED: {str(exc)[:3000]}", flush=True)
+                        continue
                     res["round"] = r
                     print_run(res)
                     sweep_runs[name].append(res)
             base = sweep_runs[SWEEP[0][0]]
             results["sweep"] = {}
+            base_by_round = {b["round"]: b["events_per_s"] for b in base}
+            base_wm = {b["round"]: b["events_per_s_watermark"] for b in base}
             for name, extra in SWEEP:
+                if not sweep_runs[name]:
+                    continue
                 s = summary(sweep_runs[name])
                 s["env"] = extra
                 s["ratio_to_default"] = [
-                    x["events_per_s"] / b["events_per_s"] for x, b in zip(sweep_runs[name], base, strict=True)
+                    x["events_per_s"] / base_by_round[x["round"]]
+                    for x in sweep_runs[name]
+                    if x["round"] in base_by_round
                 ]
                 s["ratio_to_default_median"] = median(s["ratio_to_default"])
+                # to the watermark: without health's <= 1 s gauge lag, which matters on short runs
+                s["ratio_to_default_watermark"] = [
+                    x["events_per_s_watermark"] / base_wm[x["round"]]
+                    for x in sweep_runs[name]
+                    if base_wm.get(x["round"]) and x.get("events_per_s_watermark")
+                ]
+                s["ratio_to_default_watermark_median"] = median(s["ratio_to_default_watermark"])
                 results["sweep"][name] = s
         if "profile" in parts:
             print(f"[{utc_now()}] profile (py-spy {args.py_spy}, not in the medians)", flush=True)
             results["profile"] = {}
-            for transport in ("mqtt", "acker"):
-                res = drain(work, stores[args.events], args.events, transport, f"profile-{transport}", args, None, args.py_spy)
+            for transport in [t.strip() for t in args.profile_paths.split(",") if t.strip()]:
+                try:
+                    res = drain(
+                        work,
+                        stores[args.events],
+                        args.events,
+                        transport,
+                        f"profile-{transport}",
+                        args,
+                        None,
+                        args.py_spy,
+                    )
+                except failures as exc:
+                    print(f"    [{utc_now()}] FAILED: {str(exc)[:3000]}", flush=True)
+                    results["profile"][transport] = {"error": str(exc)[:5000]}
+                    continue
                 print_run(res)
                 results["profile"][transport] = res
 
@@ -750,6 +871,10 @@ def main() -> int:
             continue
         s = results[key]
         runs = s["runs"]
+        if not runs:
+            rows.append([label, "-", "FAILED", "; ".join(e["error"][:80] for e in s.get("errors", []))])
+            rows[-1] += ["-"] * 5
+            continue
         rows.append(
             [
                 label,
@@ -764,7 +889,9 @@ def main() -> int:
             ]
         )
     if rows:
-        print(f"sync_drain: medians of {args.rounds} (targets: >= {TARGET_EPS:,} ev/s, edge RSS < {TARGET_RSS_MB:.0f} MB)")
+        print(
+            f"sync_drain: medians of {args.rounds} (targets: >= {TARGET_EPS:,} ev/s, edge RSS < {TARGET_RSS_MB:.0f} MB)"
+        )
         print_table(
             [
                 "path",
@@ -780,15 +907,29 @@ def main() -> int:
             rows,
         )
     if "sweep" in results:
-        print(f"\nsweep (acker path, component), {args.sweep_events:,} events, medians of {args.rounds}, interleaved")
+        print(
+            f"\nsweep (acker path, component), {args.sweep_events:,} events, medians of {args.rounds}, interleaved"
+        )
         print_table(
-            ["settings", "ev/s (median)", "per run", "x default (same round)", "edge RSS peak MB", "edge cores", "ev/batch"],
+            [
+                "settings",
+                "ev/s (median)",
+                "per run",
+                "x default (same round)",
+                "ev/s to watermark",
+                "x default to watermark",
+                "edge RSS peak MB",
+                "edge cores",
+                "ev/batch",
+            ],
             [
                 [
                     name,
                     fmt(s["events_per_s_median"]),
                     per_run(s["runs"], "events_per_s"),
                     fmt(s["ratio_to_default_median"], ".2f"),
+                    fmt(s["events_per_s_watermark_median"]),
+                    fmt(s["ratio_to_default_watermark_median"], ".2f"),
                     fmt(s["rss_peak_mb_median"], ".1f"),
                     fmt(s["edge_cores_median"], ".2f"),
                     fmt(s["events_per_batch_median"]),
@@ -798,7 +939,9 @@ def main() -> int:
         )
     for transport, res in results.get("profile", {}).items():
         if "profile" in res:
-            print_profile(f"{transport} drain ({res['events_per_s']:,.0f} ev/s with py-spy attached)", res["profile"])
+            print_profile(
+                f"{transport} drain ({res['events_per_s']:,.0f} ev/s with py-spy attached)", res["profile"]
+            )
     results["wall_seconds"] = time.monotonic() - t_all
     results["ended"] = datetime.now(UTC).isoformat(timespec="seconds")
     path = write_results("sync_drain", results)
