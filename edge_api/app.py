@@ -166,8 +166,10 @@ async def _ingest(request: web.Request, batch: bool) -> web.Response:
         ctx.metrics.events_rejected.labels("invalid_json").inc()
         raise web.HTTPBadRequest(reason=str(exc)) from None
     ctx.metrics.events_received.labels("http").inc(len(objs))
-    if ctx.config.http.record_client_ip:
-        for obj in objs:
+    user_agent = request.headers.get("User-Agent", "")[:1024] or None
+    for obj in objs:
+        ingest_http.add_user_agent(obj, user_agent)
+        if ctx.config.http.record_client_ip:
             ingest_http.add_client_ip(obj, request.remote)
     decoded = ingest_http.decode_objects(objs, ctx.config, ctx.store.now_ms())
     try:

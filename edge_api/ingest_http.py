@@ -72,6 +72,20 @@ def add_client_ip(obj: Any, ip: str | None) -> None:
             privacy["pii"] = True
 
 
+def add_user_agent(obj: Any, user_agent: str | None) -> None:
+    """Web events without ``data.user_agent`` (a tracker's custom event, a server-side sender)
+    get the request's: the hub parses it and needs it for the visitor id, so a visitor's custom
+    events join their page views in funnels."""
+    if user_agent is None or type(obj) is not dict:
+        return
+    event = obj.get("event")
+    if type(event) is not dict or event.get("category") != "web":
+        return
+    data = event.setdefault("data", {})
+    if type(data) is dict and "user_agent" not in data:
+        data["user_agent"] = user_agent
+
+
 def decode_objects(objs: list[Any | Rejection], config: EdgeConfig, received_at: int) -> Decoded:
     pre_rejected = [o for o in objs if isinstance(o, Rejection)]
     positions = [i for i, o in enumerate(objs) if not isinstance(o, Rejection)]

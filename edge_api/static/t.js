@@ -49,6 +49,7 @@
     if (path === lastPath) return;
     var data = {
       url: path,
+      hostname: l.hostname,
       referrer: lastHref || '',
       title: d.title,
       user_agent: n.userAgent,
@@ -74,7 +75,7 @@
   w.edgekite = {
     track: function (type, data) {
       if (typeof type !== 'string' || !type) return;
-      send(type, Object.assign({url: l.pathname + l.search}, data));
+      send(type, Object.assign({url: l.pathname + l.search, hostname: l.hostname, user_agent: n.userAgent}, data));
     }
   };
 

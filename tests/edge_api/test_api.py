@@ -99,7 +99,14 @@ def test_web_events_get_the_senders_address_and_cors(filled_edge: Edge) -> None:
     assert status == 200
     _, stored = filled_edge.get(f"/api/events/{env['event_id']}")
     assert stored["event"]["data"]["ip"] == "127.0.0.1"
+    assert stored["event"]["data"]["user_agent"] == "UA", "a sent user agent is kept"
     assert stored["privacy"]["pii"] is True
+    custom = envelope("site-9-web", "web", "signup")
+    custom["source"]["type"] = "browser"
+    status, _ = filled_edge.post("/api/events", orjson.dumps(custom), {**JSON, "User-Agent": "Mozilla/5.0 X"})
+    assert status == 200
+    _, stored = filled_edge.get(f"/api/events/{custom['event_id']}")
+    assert stored["event"]["data"]["user_agent"] == "Mozilla/5.0 X", "a missing one is the request's"
     # CORS preflight for the tracker's POST from a site's pages
     host, port = filled_edge.base.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as s:
