@@ -3,13 +3,14 @@
     .venv/bin/python bench/hub_throughput.py                 # 100k events x 3 rounds per phase
     .venv/bin/python bench/hub_throughput.py --batches 10 --rounds 1   # smoke
 
-(a) insert step alone: pre-built 2,000-row Arrow tables -> chDB ``INSERT ... FROM Python(tbl)``
-    with a dedup token each, as the processor does.
+(a) insert step alone: pre-built 2,000-row Arrow IPC streams -> chDB ``send_insert(...,
+    "ArrowStream")`` with a dedup token each, as the processor does (the ledger is not included).
 (b) end to end per hub process, batch bytes -> decode -> validate -> insert -> ack:
-    in-process (``BatchProcessor.process`` in a loop; and pipelined: ``prepare`` on one thread,
-    ``commit`` on the store thread, which is what the MQTT consumers do), and through Mosquitto
-    (``edgekite hub --mqtt-url``, batches published at QoS 1 by a separate publisher process,
-    clock stops at the last ack).
+    in-process (``BatchProcessor.process`` in a loop on one thread, no worker process; and
+    pipelined: what the MQTT consumers do, ``submit_prepare`` to a decode worker process, then
+    the ``GroupCommitter`` on the store thread, at most ``receive_maximum`` batches in flight),
+    and through Mosquitto (``edgekite hub --mqtt-url``, batches published at QoS 1 by a separate
+    publisher process, clock stops at the last ack).
 (c) hub RSS idle and peak while ingesting over MQTT, split into anonymous and file-backed memory
     (/proc/PID/smaps_rollup).
 """
@@ -17,6 +18,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import queue
 import re
 import subprocess
@@ -24,7 +26,6 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -61,52 +62,103 @@ def build_batches(n: int, edge_id: str, seed: int) -> list[bytes]:
 
 
 def in_process(batches: list[bytes], workdir: Path, mode: str) -> float:
+    import pyarrow as pa
+
     from edgekite.hub_metrics import HubMetrics
     from edgekite.hubstore import HubStore
-    from edgekite.hubstore.arrow import EVENTS_SCHEMA, table_from_columns
-    from edgekite.sync_protocol import decode_batch
-    from hub_ingest.decode import decode_events
+    from edgekite.hubstore.arrow import EVENTS_SCHEMA
+    from hub_ingest.consumer import GroupCommitter
+    from hub_ingest.prepare import DecodePool, PrepareContext, PreparedBatch, prepare_payload
     from hub_ingest.processor import BatchProcessor
 
     cfg = load_hub_config(environ={}, overrides={"hub": {"data_dir": str(workdir / mode)}})
     store = HubStore(cfg)
     store.open()
+    pool = None
     try:
-        p = BatchProcessor(cfg, store, HubMetrics())
-        if mode == "insert":
-            tables = []
+        if mode in ("insert", "insert-python"):
+            ctx = PrepareContext.from_config(cfg)
+            streams = []
             for b in batches:
-                h, evs = decode_batch(b)
-                d = decode_events(h, evs, hub_received_at=0, limits=cfg.limits, dead_letter_max_bytes=0)
-                tables.append((h.batch_id, table_from_columns(EVENTS_SCHEMA, d.columns)))
+                prep = prepare_payload(ctx, None, b, None, None, "mqtt", 0)
+                assert isinstance(prep, PreparedBatch) and prep.events_ipc is not None
+                streams.append((prep.header.batch_id, prep.events_ipc))
+            if mode == "insert-python":  # the former path, for a same-run baseline
+                tables = [(bid, pa.ipc.open_stream(ipc).read_all()) for bid, ipc in streams]
+                t0 = time.perf_counter()
+                for bid, tbl in tables:
+                    store.insert_arrow("events", tbl, f"bench/{bid}")
+                return len(tables) * BATCH / (time.perf_counter() - t0)
             t0 = time.perf_counter()
-            for bid, tbl in tables:
-                store.insert_arrow("events", tbl, f"bench/{bid}")
-            return len(tables) * BATCH / (time.perf_counter() - t0)
+            for bid, ipc in streams:
+                store.insert_arrow_ipc("events", ipc, EVENTS_SCHEMA.names, f"bench/{bid}")
+            return len(streams) * BATCH / (time.perf_counter() - t0)
         if mode == "sequential":
+            p = BatchProcessor(cfg, store, HubMetrics())
             t0 = time.perf_counter()
             for b in batches:
                 ack = p.process("bench-edge", b, None)
                 assert ack.status == "ok" and ack.accepted == BATCH, ack
             return len(batches) * BATCH / (time.perf_counter() - t0)
-        # pipelined: prepare on one thread, commit on another (the consumers' arrangement)
-        with ThreadPoolExecutor(1) as prep, ThreadPoolExecutor(1) as commit:
-            t0 = time.perf_counter()
-            futs = []
-            for b in batches:
-                pf = prep.submit(p.prepare, "bench-edge", b, None)
-                futs.append(commit.submit(lambda pf=pf: p.commit(pf.result())))  # type: ignore[misc]
-            for f in futs:
-                ack = f.result()
-                assert ack.status == "ok" and ack.accepted == BATCH, ack
-            return len(batches) * BATCH / (time.perf_counter() - t0)
+        # pipelined, as the MQTT consumers run it: decode workers -> group commit on the store thread
+        from edgekite.hub_node import HubNode
+
+        workers = int(os.environ.get("EK_BENCH_WORKERS", HubNode.decode_workers()))
+        pool = DecodePool(PrepareContext.from_config(cfg), workers)
+        pool.start()
+        p = BatchProcessor(cfg, store, HubMetrics(), decode_pool=pool)
+        committer = GroupCommitter(p, store)
+        window = threading.Semaphore(cfg.mqtt.receive_maximum)
+        acks: queue.Queue[Any] = queue.Queue()
+
+        def done(ack: Any) -> None:
+            window.release()
+            acks.put(ack)
+
+        def prepared(f: Any) -> None:
+            r = f.result()
+            if isinstance(r, PreparedBatch):
+                committer.put(r, done)
+            else:
+                done(r)
+
+        t0 = time.perf_counter()
+        for b in batches:
+            window.acquire()
+            p.submit_prepare("bench-edge", b, None).add_done_callback(prepared)
+        for _ in batches:
+            ack = acks.get(timeout=120)
+            assert ack.status == "ok" and ack.accepted == BATCH, ack
+        return len(batches) * BATCH / (time.perf_counter() - t0)
     finally:
+        if pool is not None:
+            pool.shutdown()
         store.close()
 
 
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
 def smaps(pid: int) -> dict[str, int]:
-    out = {}
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+    """The hub's memory in MB, and its decode workers' (child processes) as worker_Rss/_Anonymous."""
+    out = _smaps(pid)
+    kids = [_smaps(c) for c in _children(pid)]
+    out["worker_Rss"] = sum(k.get("Rss", 0) for k in kids)
+    out["worker_Anonymous"] = sum(k.get("Anonymous", 0) for k in kids)
+    return out
+
+
+def _smaps(pid: int) -> dict[str, int]:
+    out: dict[str, int] = {}
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
         m = re.match(r"(\w+):\s+(\d+) kB", line)
         if m:
             out[m.group(1)] = int(m.group(2)) // 1024
@@ -196,15 +248,16 @@ def main() -> None:
     print(f"building {args.batches} batches x {BATCH} simulator events ...", flush=True)
     batches = build_batches(args.batches, "bench-edge", seed=1)
     print(f"  {sum(map(len, batches)) / len(batches) / 1024:.0f} KiB compressed per batch")
-    results: dict[str, list[float]] = {"insert": [], "sequential": [], "pipelined": [], "mqtt": []}
+    modes = ("insert-python", "insert", "sequential", "pipelined")
+    results: dict[str, list[float]] = {m: [] for m in (*modes, "mqtt")}
     mem: list[dict[str, Any]] = []
     for rnd in range(args.rounds):
         # each in-process phase in a child process: chDB allows one data directory per process
-        for mode in ("insert", "sequential", "pipelined"):
+        for mode in modes:
             with tempfile.TemporaryDirectory(prefix="ek-hubbench-") as tmp:
                 rate = _child(mode, args.batches, Path(tmp))
             results[mode].append(rate)
-            print(f"round {rnd + 1}: {mode:<10} {rate:,.0f} events/s", flush=True)
+            print(f"round {rnd + 1}: {mode:<13} {rate:,.0f} events/s", flush=True)
         with tempfile.TemporaryDirectory(prefix="ek-hubbench-") as tmp:
             r = over_mqtt(batches, Path(tmp), rnd)
         results["mqtt"].append(r["rate"])
@@ -218,11 +271,13 @@ def main() -> None:
     print_table(
         ["phase", "events/s (median)", "rounds", "target"],
         [
-            ["(a) insert alone, Arrow -> chDB", fmt(median(results["insert"])),
+            ["(a) insert alone, former Python(tbl)", fmt(median(results["insert-python"])),
+             " / ".join(fmt(x) for x in results["insert-python"]), "(baseline)"],
+            ["(a) insert alone, Arrow IPC -> chDB", fmt(median(results["insert"])),
              " / ".join(fmt(x) for x in results["insert"]), ">= 100,000"],
-            ["(b) e2e in-process, sequential", fmt(median(results["sequential"])),
+            ["(b) e2e in-process, 1 thread, no worker", fmt(median(results["sequential"])),
              " / ".join(fmt(x) for x in results["sequential"]), ">= 50,000"],
-            ["(b) e2e in-process, pipelined", fmt(median(results["pipelined"])),
+            ["(b) e2e in-process, workers + group commit", fmt(median(results["pipelined"])),
              " / ".join(fmt(x) for x in results["pipelined"]), ">= 50,000"],
             ["(b) e2e through Mosquitto", fmt(median(results["mqtt"])),
              " / ".join(fmt(x) for x in results["mqtt"]), ">= 50,000"],
@@ -230,10 +285,17 @@ def main() -> None:
     )  # fmt: skip
     print()
     print_table(
-        ["hub RSS (MB, median)", "Rss", "Anonymous", "RssFile"],
+        ["hub RSS (MB, median)", "Rss", "Anonymous", "RssFile", "workers Rss", "workers Anonymous"],
         [
-            ["idle (MQTT on, chDB open)", mb("Rss", "idle"), mb("Anonymous", "idle"), mb("RssFile", "idle")],
-            ["peak while ingesting", mb("Rss", "peak"), mb("Anonymous", "peak"), mb("RssFile", "peak")],
+            [
+                label,
+                mb("Rss", w),
+                mb("Anonymous", w),
+                mb("RssFile", w),
+                mb("worker_Rss", w),
+                mb("worker_Anonymous", w),
+            ]
+            for label, w in (("idle (MQTT on, chDB open)", "idle"), ("peak while ingesting", "peak"))
         ],
     )
     path = write_results("hub_ingest", {"args": vars(args), "rates": results, "memory": mem})

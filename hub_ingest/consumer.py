@@ -6,9 +6,12 @@ batch redelivered by the broker (persistent session: ``clean_start=False`` plus 
 expiry). Several consumers in one process (``mqtt.consumers``) split the load with other hub
 processes through ``$share/<group>/...``.
 
-Threads: paho's network thread per consumer only hands messages on; one decode thread validates
-(``BatchProcessor.prepare``) and the store's single thread inserts (``commit``), so decoding the
-next batch overlaps with inserting this one.
+Threads and processes: paho's network thread per consumer only hands messages on; one decode
+thread submits each batch to ``BatchProcessor.submit_prepare`` (decode worker processes when the
+processor has a ``DecodePool``, else that thread itself); prepared batches wait in the group's
+``GroupCommitter``, which the store's single thread drains, several batches per
+``commit_many`` when they queue up (one ledger lookup and one ledger insert per group; see
+:mod:`hub_ingest.processor`). Decoding the next batches overlaps with inserting these.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ import logging
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
@@ -74,6 +78,50 @@ def signature_of(msg: mqtt.MQTTMessage) -> str | None:
     return None
 
 
+MAX_GROUP = 16  # batches per commit_many: bounds a group's latency, amortises the ledger
+
+
+class GroupCommitter:
+    """Prepared batches from every consumer, committed in groups on the store's thread.
+
+    One drain job is scheduled at a time; it commits at most ``MAX_GROUP`` batches and, if more
+    are waiting, schedules itself again behind whatever else the store thread has queued (the
+    read API), so ingest never monopolises the store.
+    """
+
+    def __init__(self, processor: BatchProcessor, store: HubStore) -> None:
+        self._processor = processor
+        self._store = store
+        self._queue: deque[tuple[PreparedBatch, Callable[[Ack | None], None]]] = deque()
+        self._lock = threading.Lock()
+        self._scheduled = False
+
+    def put(self, prepared: PreparedBatch, done: Callable[[Ack | None], None]) -> None:
+        with self._lock:
+            self._queue.append((prepared, done))
+            if self._scheduled:
+                return
+            self._scheduled = True
+        self._store.submit(self._drain)
+
+    def _drain(self) -> None:
+        with self._lock:
+            items = [self._queue.popleft() for _ in range(min(len(self._queue), MAX_GROUP))]
+        acks: list[Ack | None]
+        try:
+            acks = list(self._processor.commit_many([p for p, _ in items]))
+        except Exception:
+            log.exception("unexpected error storing %d batches; not acknowledged", len(items))
+            acks = [None] * len(items)
+        for (_, done), ack in zip(items, acks, strict=True):
+            done(ack)
+        with self._lock:
+            if not self._queue:
+                self._scheduled = False
+                return
+        self._store.submit(self._drain)
+
+
 class Consumer:
     """One MQTT session of the share group. ``start()`` returns at once; ``stop()`` drains."""
 
@@ -82,7 +130,7 @@ class Consumer:
         index: int,
         cfg: HubMqttSection,
         processor: BatchProcessor,
-        store: HubStore,
+        committer: GroupCommitter,
         decoder: ThreadPoolExecutor,
         on_state: Callable[[], None],
     ) -> None:
@@ -90,7 +138,7 @@ class Consumer:
         self.cfg = cfg
         self.client_id = f"{cfg.client_id}-{index}"
         self._processor = processor
-        self._store = store
+        self._committer = committer
         self._decoder = decoder
         self._on_state = on_state
         self._addr = BrokerAddress.parse(cfg.url)
@@ -238,19 +286,29 @@ class Consumer:
                 with self._pending_lock:
                     self._pending -= 1
 
-        def commit_job(prepared: object, edge_id: str | None) -> None:
-            ack: Ack | None = None
-            try:
-                assert isinstance(prepared, PreparedBatch)
-                ack = self._processor.commit(prepared)
-            except Exception:
-                log.exception(
-                    "consumer %s: unexpected error storing a batch; not acknowledged", self.client_id
-                )
+        def committed(ack: Ack | None, edge_id: str) -> None:
+            if ack is None:  # an unexpected error, logged: not acknowledged, the broker redelivers
                 with self._pending_lock:
                     self._pending -= 1
                 return
             finish(ack, edge_id)
+
+        def prepared_done(fut: Future[Ack | PreparedBatch], edge_id: str) -> None:
+            exc = fut.exception()
+            if exc is not None:
+                log.error(
+                    "consumer %s: unexpected error decoding a batch; not acknowledged",
+                    self.client_id,
+                    exc_info=exc,
+                )
+                with self._pending_lock:
+                    self._pending -= 1
+                return
+            prepared = fut.result()
+            if isinstance(prepared, Ack):
+                finish(prepared, edge_id)
+            else:
+                self._committer.put(prepared, lambda ack: committed(ack, edge_id))
 
         def decode_job() -> None:
             edge_id = edge_id_from_batch_topic(topic)
@@ -263,7 +321,7 @@ class Consumer:
                     )
                     finish(None, None)
                     return
-                prepared = self._processor.prepare(edge_id, payload, signature, transport="mqtt")
+                fut = self._processor.submit_prepare(edge_id, payload, signature, transport="mqtt")
             except Exception:
                 log.exception(
                     "consumer %s: unexpected error decoding a batch; not acknowledged", self.client_id
@@ -271,22 +329,21 @@ class Consumer:
                 with self._pending_lock:
                     self._pending -= 1
                 return
-            if isinstance(prepared, Ack):
-                finish(prepared, edge_id)
-            else:
-                self._store.submit(lambda: commit_job(prepared, edge_id))
+            fut.add_done_callback(lambda f: prepared_done(f, edge_id))
 
         self._decoder.submit(decode_job)
 
 
 class ConsumerGroup:
-    """``mqtt.consumers`` consumers sharing one decode thread and the store's thread."""
+    """``mqtt.consumers`` consumers sharing one decode thread, one committer and the store's thread."""
 
     def __init__(self, cfg: HubMqttSection, processor: BatchProcessor, store: HubStore, metrics: HubMetrics):
         self._metrics = metrics
         self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-decode")
+        self.committer = GroupCommitter(processor, store)
         self.consumers = [
-            Consumer(i, cfg, processor, store, self._decoder, self._update) for i in range(cfg.consumers)
+            Consumer(i, cfg, processor, self.committer, self._decoder, self._update)
+            for i in range(cfg.consumers)
         ]
 
     def _update(self) -> None:

@@ -1,41 +1,54 @@
 """One batch in, one ack out: decode, check who sent it, rate-limit, store, answer.
 
-``BatchProcessor.process`` is blocking and runs on the store's single thread (MQTT consumers
-and the HTTP route both submit to it), so the ledger check and the inserts of one batch never
-interleave with another's. The ack is returned only after every insert returned: an ``ok`` ack
-means the batch is in ClickHouse.
+``prepare`` (decode, authenticate, validate, build the Arrow IPC stream) is pure CPU; with a
+``DecodePool`` it runs in worker processes (:mod:`hub_ingest.prepare`), otherwise on the
+caller's thread. ``commit``/``commit_many`` run on the store's single thread (MQTT consumers and
+the HTTP route both submit to it), so the ledger check and the inserts never interleave with
+another batch's. An ack is returned only after every insert returned: an ``ok`` ack means the
+batch is in ClickHouse.
 
 Exactly once in effect: a batch id already in the ``batches`` ledger is answered ``ok`` with
 ``duplicate=true`` and nothing is inserted; a batch whose events were inserted but whose ledger
 row was not (a crash in between) is inserted again with the same deduplication token, which
 ClickHouse drops, and whatever slips past both (a re-batched resend) collapses in the
 ReplacingMergeTree.
+
+Group commit (``commit_many``), when several prepared batches are waiting: one ledger lookup
+for all of them, then each batch's events in their *own* INSERT under their own token
+``<edge>/<batch>`` (so a crash followed by a differently grouped resend is still dropped by the
+token), then one ledger INSERT with a row per stored batch, then the acks. Nothing is acked
+before the ledger insert returned, so every acked batch is in the ledger, and a batch the
+lookup does not find has no ledger row, whatever happened to earlier groups: the ledger is the
+authority, the per-batch token covers the window between a batch's events and its ledger row.
+A batch id twice in one group is stored once and the second copy answered as a duplicate.
 """
 
 from __future__ import annotations
 
-import hmac
+import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable
-from typing import Literal, NamedTuple
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import Literal
 
 import orjson
-import pyarrow as pa
 
 from edgekite.config import HubConfig
 from edgekite.hub_metrics import HubMetrics
 from edgekite.hubstore import HubStore, StorageError
-from edgekite.hubstore.arrow import (
-    BATCHES_SCHEMA,
-    DEAD_LETTER_SCHEMA,
-    EVENTS_SCHEMA,
-    table_from_columns,
-    table_from_rows,
+from edgekite.hubstore.arrow import BATCHES_SCHEMA, DEAD_LETTER_SCHEMA, EVENTS_SCHEMA, table_from_rows
+from edgekite.sync_protocol import Ack, BatchHeader
+from hub_ingest.decode import DecodedBatch
+from hub_ingest.prepare import (
+    DecodePool,
+    PrepareContext,
+    PreparedBatch,
+    Refusal,
+    is_broken,
+    prepare_payload,
 )
-from edgekite.sync_protocol import Ack, BatchError, BatchHeader, decode_batch, verify
-from hub_ingest.decode import DecodedBatch, decode_events
 from hub_ingest.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -45,6 +58,8 @@ STORAGE_RETRY_MS = 2000
 
 # Refusals that are about who sent the batch (HTTP answers 401/403), not about its bytes (400).
 AUTH_REASONS = frozenset({"unknown_edge", "bad_signature", "bad_key", "edge_mismatch", "bad_topic"})
+
+__all__ = ["AUTH_REASONS", "BatchProcessor", "PreparedBatch", "ack_code"]
 
 
 def _now_ms() -> int:
@@ -56,15 +71,6 @@ def ack_code(ack: Ack) -> str:
     return (ack.reason or "").split(":", 1)[0]
 
 
-class PreparedBatch(NamedTuple):
-    """A batch that passed every check and is ready to insert."""
-
-    header: BatchHeader
-    decoded: DecodedBatch
-    events_table: pa.Table | None
-    hub_received_at: int
-
-
 class BatchProcessor:
     def __init__(
         self,
@@ -74,12 +80,15 @@ class BatchProcessor:
         *,
         now_ms: Callable[[], int] = _now_ms,
         monotonic: Callable[[], float] = time.monotonic,
+        decode_pool: DecodePool | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.metrics = metrics
         self._now_ms = now_ms
         self._monotonic = monotonic
+        self._ctx = PrepareContext.from_config(config)
+        self._pool = decode_pool
         ing = config.ingest
         self._limiter = RateLimiter(ing.rate_limit_events_per_sec, ing.rate_limit_burst_events)
         self._limiter_lock = threading.Lock()
@@ -123,35 +132,121 @@ class BatchProcessor:
     ) -> Ack | PreparedBatch:
         """Everything before storage: decode, authenticate, rate-limit, validate, build Arrow.
 
-        Pure CPU and thread-safe, so the shells run it off the store thread: decoding the next
-        batch overlaps with chDB inserting this one (chDB releases the GIL while it works).
+        Blocking and thread-safe; never on the store thread (it waits for a worker process).
         """
-        m = self.metrics
-        m.batches_received.labels(transport).inc()
-        fallback_edge = edge_id_from_transport or "unknown"
+        return self.submit_prepare(
+            edge_id_from_transport, payload, signature, http_key=http_key, transport=transport
+        ).result()
+
+    def submit_prepare(
+        self,
+        edge_id_from_transport: str | None,
+        payload: bytes,
+        signature: str | None,
+        *,
+        http_key: str | None = None,
+        transport: Transport = "mqtt",
+    ) -> Future[Ack | PreparedBatch]:
+        """``prepare`` without waiting: on a worker process if there is a pool, else right here.
+
+        The future's callbacks run on the pool's result thread: keep them short.
+        """
+        self.metrics.batches_received.labels(transport).inc()
+        args = (edge_id_from_transport, payload, signature, http_key, transport, self._now_ms())
+        out: Future[Ack | PreparedBatch] = Future()
+        if self._pool is None:
+            out.set_result(self._admit(prepare_payload(self._ctx, *args)))
+            return out
+
+        def done(f: Future[Refusal | PreparedBatch], attempt: int) -> None:
+            exc = f.exception()
+            if exc is None:
+                out.set_result(self._admit(f.result()))
+                return
+            if is_broken(exc) and attempt == 0 and self._pool is not None:
+                log.error("a decode worker died; restarting the decode pool")
+                self._pool.restart()
+                self._pool.submit(*args).add_done_callback(lambda g: done(g, 1))
+                return
+            if is_broken(exc):  # twice: decode right here rather than leave the batch hanging
+                try:
+                    out.set_result(self._admit(prepare_payload(self._ctx, *args)))
+                except Exception as inner:  # noqa: BLE001 - handed to the waiter, not swallowed
+                    out.set_exception(inner)
+                return
+            out.set_exception(exc)
+
+        self._pool.submit(*args).add_done_callback(lambda f: done(f, 0))
+        return out
+
+    def commit(self, prepared: PreparedBatch) -> Ack:
+        """Store a prepared batch (on the store thread) and answer; storage errors become 'retry'."""
+        return self.commit_many([prepared])[0]
+
+    def commit_many(self, batches: Sequence[PreparedBatch]) -> list[Ack]:
+        """Store several prepared batches as one group (see the module docstring); one ack each,
+        in order. Never raises a StorageError: a failed batch is answered 'retry'."""
+        if not batches:
+            return []
+        acks: list[Ack | None] = [None] * len(batches)
         try:
-            header, events = decode_batch(payload)
-        except BatchError as exc:
-            return self._refuse(fallback_edge, "", exc.code, exc.detail)
+            known = self._ledger_lookup(batches)
+        except StorageError as exc:
+            return [self._storage_retry(b.header, exc) for b in batches]
+        first: dict[tuple[str, str], int] = {}  # batch key -> the index storing it in this group
+        stored: list[int] = []
+        followers: list[tuple[int, int]] = []
+        t0 = time.perf_counter()
+        for i, prepared in enumerate(batches):
+            header = prepared.header
+            key = (header.edge_id, header.batch_id)
+            if key in known:
+                acks[i] = self._duplicate(prepared, known[key])
+                continue
+            if key in first:
+                followers.append((i, first[key]))
+                continue
+            try:
+                self._insert_batch(prepared)
+            except StorageError as exc:
+                acks[i] = self._storage_retry(header, exc)
+                continue
+            first[key] = i
+            stored.append(i)
+        if stored:
+            try:
+                self._insert_ledger([batches[i] for i in stored])
+            except StorageError as exc:
+                for i in stored:
+                    acks[i] = self._storage_retry(batches[i].header, exc)
+                stored = []
+            elapsed = time.perf_counter() - t0
+            for i in stored:
+                self.metrics.insert_seconds.observe(elapsed)
+                acks[i] = self._stored(batches[i])
+        for i, leader in followers:
+            lead = acks[leader]
+            assert lead is not None
+            if lead.status == "ok":
+                acks[i] = self._duplicate(batches[i], lead.accepted)
+            else:
+                acks[i] = lead.model_copy()
+        assert all(a is not None for a in acks)
+        return [a for a in acks if a is not None]
 
+    # -- steps -------------------------------------------------------------------------------
+    def _admit(self, result: Refusal | PreparedBatch) -> Ack | PreparedBatch:
+        """The main-process half of ``prepare``: count refusals, apply the per-edge rate limit."""
+        if isinstance(result, Refusal):
+            return self._refuse(*result)
+        header = result.header
         edge_id = header.edge_id
-        if edge_id_from_transport is not None and edge_id != edge_id_from_transport:
-            return self._refuse(
-                edge_id_from_transport,
-                header.batch_id,
-                "edge_mismatch",
-                f"the batch names edge {edge_id!r} but was sent as {edge_id_from_transport!r}",
-            )
-        refusal = self._authenticate(header, payload, signature, http_key, transport)
-        if refusal is not None:
-            return self._refuse(edge_id, header.batch_id, *refusal)
-
         edge_cfg = self.config.edges.get(edge_id)
         rate = edge_cfg.rate_limit_events_per_sec if edge_cfg is not None else None
         with self._limiter_lock:
             wait = self._limiter.check(edge_id, header.count, self._monotonic(), rate)
         if wait > 0:
-            m.batches_retry.labels("rate_limit").inc()
+            self.metrics.batches_retry.labels("rate_limit").inc()
             return Ack(
                 edge_id=edge_id,
                 batch_id=header.batch_id,
@@ -159,99 +254,78 @@ class BatchProcessor:
                 retry_after_ms=max(1, int(wait * 1000) + 1),
                 reason=f"rate_limit: edge {edge_id} is over its events/s limit",
             )
-        now = self._now_ms()
-        decoded = decode_events(
-            header,
-            events,
-            hub_received_at=now,
-            limits=self.config.limits,
-            dead_letter_max_bytes=self.config.ingest.dead_letter_max_bytes,
-        )
-        table = table_from_columns(EVENTS_SCHEMA, decoded.columns) if decoded.accepted else None
-        return PreparedBatch(header, decoded, table, now)
-
-    def commit(self, prepared: PreparedBatch) -> Ack:
-        """Store a prepared batch (on the store thread) and answer; storage errors become 'retry'."""
-        header = prepared.header
-        try:
-            return self._store(prepared)
-        except StorageError as exc:
-            self.metrics.batches_retry.labels("storage").inc()
-            log.error(
-                "storing batch %s from %s failed, answered retry: %s", header.batch_id, header.edge_id, exc
-            )
-            return Ack(
-                edge_id=header.edge_id,
-                batch_id=header.batch_id,
-                status="retry",
-                retry_after_ms=STORAGE_RETRY_MS,
-                reason=f"storage: {str(exc)[:200]}",
-            )
-
-    # -- steps -------------------------------------------------------------------------------
-    def _authenticate(
-        self,
-        header: BatchHeader,
-        payload: bytes,
-        signature: str | None,
-        http_key: str | None,
-        transport: Transport,
-    ) -> tuple[str, str] | None:
-        if self.dev_mode:
-            return None
-        edge_cfg = self.config.edges.get(header.edge_id)
-        if edge_cfg is None:
-            return "unknown_edge", f"edge {header.edge_id!r} is not configured at this hub"
-        if verify(edge_cfg.api_key, payload, signature):
-            return None
-        if transport == "http":
-            if http_key is not None and hmac.compare_digest(http_key.encode(), edge_cfg.api_key.encode()):
-                return None
-            return "bad_key", f"no valid key or signature for edge {header.edge_id!r}"
-        return "bad_signature", f"missing or wrong signature for edge {header.edge_id!r}"
+        return result
 
     def _refuse(self, edge_id: str, batch_id: str, code: str, detail: str) -> Ack:
         self.metrics.batches_refused.labels(code).inc()
         log.warning("refused a batch (edge %s, batch %r): %s: %s", edge_id, batch_id, code, detail)
         return Ack(edge_id=edge_id, batch_id=batch_id, status="refused", reason=f"{code}: {detail}")
 
-    def _store(self, prepared: PreparedBatch) -> Ack:
-        m = self.metrics
-        store = self.store
-        header, decoded, now = prepared.header, prepared.decoded, prepared.hub_received_at
-        edge_id, batch_id = header.edge_id, header.batch_id
-        seen = store.query_rows(
-            f"SELECT events FROM {store.table('batches')} "
-            "WHERE edge_id = {edge:String} AND batch_id = {batch:String} LIMIT 1",
-            {"edge": edge_id, "batch": batch_id},
+    def _storage_retry(self, header: BatchHeader, exc: StorageError) -> Ack:
+        self.metrics.batches_retry.labels("storage").inc()
+        log.error("storing batch %s from %s failed, answered retry: %s", header.batch_id, header.edge_id, exc)
+        return Ack(
+            edge_id=header.edge_id,
+            batch_id=header.batch_id,
+            status="retry",
+            retry_after_ms=STORAGE_RETRY_MS,
+            reason=f"storage: {str(exc)[:200]}",
         )
-        if seen:
-            m.batches_duplicate.inc()
-            m.edge_last_batch.labels(edge_id).set(now / 1000)
-            return Ack(
-                edge_id=edge_id, batch_id=batch_id, status="ok", accepted=int(seen[0][0]), duplicate=True
-            )
 
-        token = f"{edge_id}/{batch_id}"
-        t0 = time.perf_counter()
-        if prepared.events_table is not None:
-            store.insert_arrow("events", prepared.events_table, token)
+    def _ledger_lookup(self, batches: Sequence[PreparedBatch]) -> dict[tuple[str, str], int]:
+        """(edge_id, batch_id) -> events, for the batches of this group already in the ledger."""
+        keys = {(b.header.edge_id, b.header.batch_id) for b in batches}
+        store = self.store
+        rows = store.query_rows(
+            f"SELECT edge_id, batch_id, events FROM {store.table('batches')} "
+            "WHERE edge_id IN {edges:Array(String)} AND batch_id IN {batches:Array(String)}",
+            {"edges": sorted({k[0] for k in keys}), "batches": sorted({k[1] for k in keys})},
+        )
+        return {(e, b): int(n) for e, b, n in rows if (e, b) in keys}
+
+    def _insert_batch(self, prepared: PreparedBatch) -> None:
+        """One batch's events and dead letters, each under the batch's own token."""
+        store = self.store
+        header, decoded = prepared.header, prepared.decoded
+        token = f"{header.edge_id}/{header.batch_id}"
+        if prepared.events_ipc is not None:
+            store.insert_arrow_ipc("events", prepared.events_ipc, EVENTS_SCHEMA.names, token)
         if decoded.dead_letters:
+            now = prepared.hub_received_at
             rows = [
-                (now, edge_id, batch_id, d.event_index, d.event_id, d.code, d.reason, d.payload)
+                (now, header.edge_id, header.batch_id, d.event_index, d.event_id, d.code, d.reason, d.payload)
                 for d in decoded.dead_letters
             ]
             store.insert_arrow("dead_letter", table_from_rows(DEAD_LETTER_SCHEMA, rows), token)
-        store.insert_arrow(
-            "batches", table_from_rows(BATCHES_SCHEMA, [self._ledger_row(header, decoded, now)]), token
-        )
-        m.insert_seconds.observe(time.perf_counter() - t0)
 
+    def _insert_ledger(self, batches: Sequence[PreparedBatch]) -> None:
+        """One ledger row per batch, in one INSERT (one part) for the whole group."""
+        rows = [self._ledger_row(b.header, b.decoded, b.hub_received_at) for b in batches]
+        if len(batches) == 1:
+            h = batches[0].header
+            token = f"{h.edge_id}/{h.batch_id}"
+        else:
+            keys = "\n".join(f"{b.header.edge_id}/{b.header.batch_id}" for b in batches)
+            token = "group:" + hashlib.sha256(keys.encode()).hexdigest()
+        self.store.insert_arrow("batches", table_from_rows(BATCHES_SCHEMA, rows), token)
+
+    def _duplicate(self, prepared: PreparedBatch, accepted: int) -> Ack:
+        header = prepared.header
+        self.metrics.batches_duplicate.inc()
+        self.metrics.edge_last_batch.labels(header.edge_id).set(prepared.hub_received_at / 1000)
+        return Ack(
+            edge_id=header.edge_id, batch_id=header.batch_id, status="ok", accepted=accepted, duplicate=True
+        )
+
+    def _stored(self, prepared: PreparedBatch) -> Ack:
+        m = self.metrics
+        header, decoded = prepared.header, prepared.decoded
+        edge_id, batch_id = header.edge_id, header.batch_id
         m.batches_ok.inc()
         m.events_accepted.inc(decoded.accepted)
         for r in decoded.rejected:
             m.events_rejected.labels(r.code).inc()
-        m.edge_last_batch.labels(edge_id).set(now / 1000)
+        m.edge_last_batch.labels(edge_id).set(prepared.hub_received_at / 1000)
         if decoded.rejected:
             log.info(
                 "batch %s from %s: %d stored, %d dead-lettered (first: %s)",

@@ -10,9 +10,10 @@ both backends understand), never formatted into SQL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -61,6 +62,26 @@ def _status_locked(data_dir: Path) -> bool:
             return True
         fcntl.flock(fh, fcntl.LOCK_UN)
     return False
+
+
+def _literal(value: Any) -> str:
+    """A ClickHouse literal of a str or int (the quoting rules of ClickHouse string literals)."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise TypeError(f"cannot bind {type(value).__name__} in an array parameter")
+    if isinstance(value, int):
+        return str(value)
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _chdb_params(params: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """chDB binds parameters from text: a list becomes an array literal (``['a','b']``);
+    clickhouse-connect takes the Python list as it is."""
+    if not params:
+        return None
+    return {
+        k: "[" + ",".join(_literal(x) for x in v) + "]" if isinstance(v, list | tuple) else v
+        for k, v in params.items()
+    }
 
 
 class HubStore:
@@ -157,7 +178,7 @@ class HubStore:
         with self._lock:
             try:
                 if self._session is not None:
-                    self._session.query(sql, "Null", params=dict(params) if params else None)
+                    self._session.query(sql, "Null", params=_chdb_params(params))
                 elif self._client is not None:
                     self._client.command(sql, parameters=dict(params) if params else None)
                 else:
@@ -173,7 +194,7 @@ class HubStore:
         with self._lock:
             try:
                 if self._session is not None:
-                    res = self._session.query(sql, "JSONCompact", params=dict(params) if params else None)
+                    res = self._session.query(sql, "JSONCompact", params=_chdb_params(params))
                     raw = res.bytes()
                     if not raw:
                         return []
@@ -210,6 +231,45 @@ class HubStore:
                         tbl,
                         database=self.database,
                         settings={"insert_deduplication_token": dedup_token} if dedup_token else None,
+                    )
+                else:
+                    raise StorageError("the hub store is not open")
+            except StorageError:
+                raise
+            except Exception as exc:
+                raise StorageError(f"insert into {table} failed: {exc}") from exc
+
+    def insert_arrow_ipc(self, table: str, data: bytes, columns: Sequence[str], dedup_token: str) -> None:
+        """Insert one Arrow IPC stream (built in a decode worker) under a deduplication token.
+
+        chDB parses the stream natively (``send_insert`` with ``ArrowStream``): no Python
+        objects per row and no ``Python(tbl)`` scan in this process. ``send_insert`` takes no
+        parameters, so the token is inlined as a quoted literal (``_literal`` escapes it).
+        """
+        with self._lock:
+            try:
+                if self._session is not None:
+                    sql = (
+                        f"INSERT INTO {self.table(table)} ({', '.join(columns)}) "
+                        # async_insert is on by default in chDB: an async insert would neither
+                        # honour the token nor be stored when the call returns.
+                        f"SETTINGS async_insert = 0, insert_deduplication_token = {_literal(dedup_token)}"
+                    )
+                    inserter = self._session.send_insert(sql, "ArrowStream")
+                    try:
+                        inserter.append(data)
+                        inserter.finish()
+                    except BaseException:
+                        with contextlib.suppress(Exception):
+                            inserter.cancel()
+                        raise
+                elif self._client is not None:
+                    tbl = pa.ipc.open_stream(data).read_all()
+                    self._client.insert_arrow(
+                        table,
+                        tbl,
+                        database=self.database,
+                        settings={"insert_deduplication_token": dedup_token},
                     )
                 else:
                     raise StorageError("the hub store is not open")

@@ -14,6 +14,7 @@ import pytest
 from edgekite.config import HubConfig
 from edgekite.hub_metrics import HubMetrics
 from edgekite.hubstore import HubStore
+from edgekite.hubstore.arrow import EVENTS_SCHEMA
 from edgekite.sync_protocol import sign
 from hub_ingest.processor import BatchProcessor, PreparedBatch
 from tests.hub_ingest.helpers import KEY_A, KEY_B, batch, envelopes, hub_config, metric
@@ -90,7 +91,8 @@ def test_insert_token_drops_a_batch_whose_ledger_row_was_never_written(store: Hu
     payload = batch("halfway", "s:1-40", envelopes(40, seed=13))
     prepared = p.prepare("halfway", payload, None)
     assert isinstance(prepared, PreparedBatch)
-    store.insert_arrow("events", prepared.events_table, "halfway/s:1-40")  # then "crash"
+    assert prepared.events_ipc is not None
+    store.insert_arrow_ipc("events", prepared.events_ipc, EVENTS_SCHEMA.names, "halfway/s:1-40")  # "crash"
     ack = p.process("halfway", payload, None)
     assert ack.status == "ok" and not ack.duplicate and ack.accepted == 40
     assert _count(store, "halfway") == 40  # before any merge
@@ -170,3 +172,63 @@ def test_storage_failure_answers_retry_never_raises(tmp_path: Path) -> None:
     ack = p.process("down", batch("down", "s:1-3", envelopes(3)), None)
     assert ack.status == "retry" and ack.retry_after_ms and (ack.reason or "").startswith("storage")
     assert metric(p.metrics.render().decode(), "edgekite_hub_batches_retry_total", 'reason="storage"') == 1
+
+
+def test_group_commit_stores_each_batch_once_and_answers_each(store: HubStore) -> None:
+    """commit_many: new batches, one already in the ledger, and one batch id twice in the group."""
+    p = _processor(store)
+    evs = envelopes(90, seed=17)
+    payloads = [batch("group", f"s:{i}", evs[i * 30 : (i + 1) * 30]) for i in range(3)]
+    assert p.process("group", payloads[0], None).accepted == 30  # already in the ledger
+    prepared = [p.prepare("group", pl, None) for pl in (payloads[0], payloads[1], payloads[2], payloads[1])]
+    assert all(isinstance(x, PreparedBatch) for x in prepared)
+    acks = p.commit_many([x for x in prepared if isinstance(x, PreparedBatch)])
+    assert [(a.batch_id, a.status, a.accepted, a.duplicate) for a in acks] == [
+        ("s:0", "ok", 30, True),
+        ("s:1", "ok", 30, False),
+        ("s:2", "ok", 30, False),
+        ("s:1", "ok", 30, True),
+    ]
+    assert _ledger(store, "group") == (90, 3)
+    assert _count(store, "group") == 90  # before any merge
+    rows = store.query_rows(
+        f"SELECT count() FROM {store.table('batches')} WHERE edge_id = {{e:String}}", {"e": "group"}
+    )
+    assert rows[0][0] == 3  # no ledger row twice, even before a merge
+
+
+def test_a_group_whose_ledger_row_was_lost_is_regrouped_without_duplicates(store: HubStore) -> None:
+    """Crash after a group's events inserts, before its ledger insert: the resend comes back cut
+    into other groups, and every batch's own token still drops its events."""
+    p = _processor(store)
+    payloads = [batch("regroup", f"s:{i}", envelopes(20, seed=180 + i)) for i in range(4)]
+    prepared = [p.prepare("regroup", pl, None) for pl in payloads]
+    for x in prepared[:3]:  # the group {0, 1, 2} got its events in, then the hub died
+        assert isinstance(x, PreparedBatch)
+        p._insert_batch(x)
+    again = [p.prepare("regroup", pl, None) for pl in payloads]
+    acks = p.commit_many([x for x in again[:2] if isinstance(x, PreparedBatch)])
+    acks += p.commit_many([x for x in again[2:] if isinstance(x, PreparedBatch)])
+    assert all(a.status == "ok" and a.accepted == 20 and not a.duplicate for a in acks)
+    assert _count(store, "regroup") == 80  # before any merge
+    assert _ledger(store, "regroup") == (80, 4)
+
+
+def test_decode_worker_process_gives_the_same_answers(store: HubStore) -> None:
+    from hub_ingest.prepare import DecodePool, PrepareContext
+
+    cfg = hub_config(Path(store.config.hub.data_dir), edges={"edge-w": {"api_key": KEY_A}})
+    pool = DecodePool(PrepareContext.from_config(cfg), 1)
+    try:
+        pool.start()
+        p = BatchProcessor(cfg, store, HubMetrics(), decode_pool=pool)
+        evs = envelopes(50, seed=19)
+        bad = {**evs[7], "event": {**evs[7]["event"], "severity": "apocalyptic"}}
+        good = batch("edge-w", "s:1-50", [*evs[:7], bad, *evs[8:]])
+        assert (p.process("edge-w", good, sign(KEY_B, good)).reason or "").startswith("bad_signature")
+        ack = p.process("edge-w", good, sign(KEY_A, good))
+        assert ack.status == "ok" and ack.accepted == 49 and [r.index for r in ack.rejected] == [7]
+        assert p.process("edge-w", good, sign(KEY_A, good)).duplicate
+        assert _count(store, "edge-w") == 49
+    finally:
+        pool.shutdown()

@@ -103,3 +103,13 @@ def test_a_second_process_gets_a_clear_error(store: HubStore) -> None:
     assert proc.returncode == 3, proc.stderr[-2000:]
     assert "another process has the chDB data directory" in proc.stdout
     assert StoreLockedError.__name__  # the type the CLI turns into a one-line message
+
+
+def test_array_parameters_are_quoted_for_chdb() -> None:
+    from edgekite.hubstore.backend import _chdb_params
+
+    assert _chdb_params({"a": ["x", "it's", "back\\slash"], "n": [1, 2], "s": "plain"}) == {
+        "a": "['x','it\\'s','back\\\\slash']",
+        "n": "[1,2]",
+        "s": "plain",
+    }
