@@ -389,6 +389,14 @@ class HubIngestSection(_Section):
     )
     rate_limit_burst_events: int = Field(200_000, ge=1)
     dead_letter_max_bytes: int = Field(4096, ge=0, description="How much of a rejected event is kept.")
+    visitor_ip: Literal["truncate", "drop"] = Field(
+        "truncate",
+        description="What is stored of a web event's data.ip once its visitor id is computed: the "
+        "network (/24 IPv4, /48 IPv6, enough for geo) or nothing. The raw address is never stored.",
+    )
+    salt_keep_days: int = Field(
+        2, ge=1, le=30, description="Days a visitor-id salt lives (today included), then it is deleted."
+    )
 
 
 class HubConfig(_Section):

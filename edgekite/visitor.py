@@ -24,6 +24,7 @@ import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 DAY_MS = 86_400_000
 SALT_BYTES = 32
@@ -181,3 +182,19 @@ class DailySalts:
             return 0
         salt = self.salt_for(observed_at_ms, fallback_ms)
         return 0 if salt is None else visitor_id(site, ip, user_agent, salt)
+
+
+def site_of(data: Any, source_metadata: Any, source_id: str) -> str:
+    """The site an event belongs to: ``data.site``, else ``source.metadata.site_id``, else the source.
+
+    One definition for hub ingest (visitor ids are per site) and enrichment (the ``site`` column).
+    """
+    if isinstance(data, Mapping):
+        site = data.get("site")
+        if isinstance(site, str) and site:
+            return site
+    if isinstance(source_metadata, Mapping):
+        site = source_metadata.get("site_id")
+        if isinstance(site, str) and site:
+            return site
+    return source_id

@@ -45,7 +45,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from edgekite.visitor import DailySalts
+from edgekite.visitor import DailySalts, site_of
 from hub_enrich.bots import BotDetector
 from hub_enrich.geo import EMPTY_GEO, Geo, GeoLookup
 from hub_enrich.referrer import UTM_KEYS, RefInfo, SourceList, classify, default_sources, normalise_host
@@ -300,14 +300,9 @@ class Enricher:
     def site_of(self, row: Mapping[str, Any], data: Mapping[str, Any] | None = None) -> str:
         """The event's site: ``data.site``, else ``source_metadata.site_id``, else ``source_id``."""
         d = data if data is not None else _json(row.get("data"))
-        site = d.get("site")
-        if isinstance(site, str) and site:
-            return site
-        meta = _json(row.get("source_metadata"))
-        site = meta.get("site_id")
-        if isinstance(site, str) and site:
-            return site
-        return str(row.get("source_id") or "")
+        if isinstance(d.get("site"), str) and d["site"]:
+            return str(d["site"])  # the common case, without parsing source_metadata
+        return site_of(d, _json(row.get("source_metadata")), str(row.get("source_id") or ""))
 
     def enrich_tuple(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
         """The enrichment of ``row`` as a tuple in :data:`COLUMN_NAMES` order (the fast path)."""

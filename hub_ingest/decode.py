@@ -19,6 +19,7 @@ from edgekite.envelope import parse_timestamp
 from edgekite.hubstore.schema import EVENT_COLUMNS
 from edgekite.ingest import Rejection, envelope_to_row, shape_cannot_fail
 from edgekite.sync_protocol import BatchHeader, RejectedEvent
+from edgekite.visitor import DailySalts, normalise_ip, site_of, truncate_ip
 
 # The canonical text form; anything else a UUID parser accepts is re-rendered from the bytes.
 _CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -44,6 +45,43 @@ def _cut(raw: bytes, max_bytes: int) -> str:
     return raw[:max_bytes].decode("utf-8", "replace")
 
 
+def visitor_and_private_data(
+    row_data: Any,
+    source_metadata: Any,
+    source_id: str,
+    observed_at: int,
+    hub_received_at: int,
+    salts: DailySalts | None,
+    ip_mode: str,
+) -> tuple[int, str | None]:
+    """A web event's cookieless visitor id, and its data with the raw IP truncated or dropped.
+
+    Computed here, before anything is stored, because it needs the full address and the day's
+    salt, and salts are deleted: afterwards neither the address nor the id can be recovered.
+    Returns (visitor_id or 0, new data JSON or None when unchanged).
+    """
+    if type(row_data) is not dict:
+        return 0, None
+    ip = row_data.get("ip")
+    if type(ip) is not str or not ip:
+        return 0, None
+    ua = row_data.get("user_agent") or row_data.get("ua") or ""
+    site = site_of(row_data, source_metadata, source_id)
+    vid = (
+        0
+        if salts is None
+        else salts.visitor_id(
+            site, normalise_ip(ip), ua if type(ua) is str else "", observed_at, hub_received_at
+        )
+    )
+    private = dict(row_data)
+    if ip_mode == "drop":
+        del private["ip"]
+    else:
+        private["ip"] = truncate_ip(ip)
+    return vid, orjson.dumps(private).decode()
+
+
 def decode_events(
     header: BatchHeader,
     events: list[Any],
@@ -51,6 +89,8 @@ def decode_events(
     hub_received_at: int,
     limits: LimitsSection,
     dead_letter_max_bytes: int,
+    salts: DailySalts | None = None,
+    ip_mode: str = "truncate",
 ) -> DecodedBatch:
     """Validate every envelope; good ones become columns, bad ones dead letters with a reason.
 
@@ -77,6 +117,7 @@ def decode_events(
     pii: list[int] = []
     retention_class: list[str] = []
     flags: list[int] = []
+    visitor: list[int] = []
 
     rejected: list[RejectedEvent] = []
     dead: list[DeadLetter] = []
@@ -151,7 +192,13 @@ def decode_events(
         else:
             session_id.append(None)
             incident_id.append(None)
-        data.append(row.payload_json)
+        vid, private = 0, None
+        if row.category == "web":
+            vid, private = visitor_and_private_data(
+                row.data, src.get("metadata"), row.source_id, row.observed_at, hub_received_at, salts, ip_mode
+            )
+        visitor.append(vid)
+        data.append(private if private is not None else row.payload_json)
         attachments.append(row.attachments_json or "[]")
         source_version.append(src.get("version"))
         meta = src.get("metadata")
@@ -186,6 +233,7 @@ def decode_events(
         "pii": pii,
         "retention_class": retention_class,
         "flags": flags,
+        "visitor_id": visitor,
     }
     assert tuple(columns) == EVENT_COLUMNS
     return DecodedBatch(columns, n, rejected, dead, duplicates)

@@ -34,6 +34,7 @@ import pyarrow as pa
 from edgekite.config import HubConfig, LimitsSection
 from edgekite.hubstore.arrow import EVENTS_SCHEMA, table_from_columns
 from edgekite.sync_protocol import BatchError, BatchHeader, decode_batch, verify
+from edgekite.visitor import DailySalts
 from hub_ingest.decode import DecodedBatch, decode_events
 
 Transport = Literal["mqtt", "http"]
@@ -45,6 +46,8 @@ class PrepareContext(NamedTuple):
     limits: LimitsSection
     dead_letter_max_bytes: int
     edge_keys: Mapping[str, str]  # edge_id -> api_key; empty: development mode, any edge
+    ip_mode: str = "truncate"  # what is kept of a web event's data.ip (ingest.visitor_ip)
+    salt_keep_days: int = 2
 
     @classmethod
     def from_config(cls, config: HubConfig) -> PrepareContext:
@@ -52,6 +55,8 @@ class PrepareContext(NamedTuple):
             config.limits,
             config.ingest.dead_letter_max_bytes,
             {edge_id: e.api_key for edge_id, e in config.edges.items()},
+            config.ingest.visitor_ip,
+            config.ingest.salt_keep_days,
         )
 
 
@@ -114,8 +119,13 @@ def prepare_payload(
     http_key: str | None,
     transport: Transport,
     hub_received_at: int,
+    salts: Mapping[int, bytes] | None = None,
 ) -> Refusal | PreparedBatch:
-    """Decode, authenticate and validate one batch. Pure: no I/O, no metrics, no logging."""
+    """Decode, authenticate and validate one batch. Pure: no I/O, no metrics, no logging.
+
+    ``salts`` (UTC day -> salt) are the live visitor-id salts: web events get their visitor id
+    here and their IP truncated or dropped, before anything is stored.
+    """
     fallback_edge = edge_id_from_transport or "unknown"
     try:
         header, events = decode_batch(payload)
@@ -138,6 +148,8 @@ def prepare_payload(
         hub_received_at=hub_received_at,
         limits=ctx.limits,
         dead_letter_max_bytes=ctx.dead_letter_max_bytes,
+        salts=DailySalts(salts, ctx.salt_keep_days) if salts else None,
+        ip_mode=ctx.ip_mode,
     )
     del events
     ipc = arrow_ipc(table_from_columns(EVENTS_SCHEMA, decoded.columns)) if decoded.accepted else None
@@ -173,13 +185,14 @@ def _worker_prepare(
     http_key: str | None,
     transport: Transport,
     hub_received_at: int,
+    salts: Mapping[int, bytes] | None = None,
 ) -> Refusal | PreparedBatch:
     global _done
     assert _CTX is not None
     gc.disable()
     try:
         return prepare_payload(
-            _CTX, edge_id_from_transport, payload, signature, http_key, transport, hub_received_at
+            _CTX, edge_id_from_transport, payload, signature, http_key, transport, hub_received_at, salts
         )
     finally:
         _done += 1
@@ -228,8 +241,9 @@ class DecodePool:
         http_key: str | None,
         transport: Transport,
         hub_received_at: int,
+        salts: Mapping[int, bytes] | None = None,
     ) -> Future[Refusal | PreparedBatch]:
-        args = (edge_id_from_transport, payload, signature, http_key, transport, hub_received_at)
+        args = (edge_id_from_transport, payload, signature, http_key, transport, hub_received_at, salts)
         try:
             return self._executor().submit(_worker_prepare, *args)
         except BrokenProcessPool:

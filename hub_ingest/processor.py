@@ -29,7 +29,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Literal
 
@@ -81,8 +81,11 @@ class BatchProcessor:
         now_ms: Callable[[], int] = _now_ms,
         monotonic: Callable[[], float] = time.monotonic,
         decode_pool: DecodePool | None = None,
+        salts: Callable[[int], Mapping[int, bytes]] | None = None,
     ) -> None:
         self.config = config
+        # Live visitor-id salts for a receive time (the hub's salt keeper); none: visitor id 0.
+        self._salts = salts
         self.store = store
         self.metrics = metrics
         self._now_ms = now_ms
@@ -152,7 +155,9 @@ class BatchProcessor:
         The future's callbacks run on the pool's result thread: keep them short.
         """
         self.metrics.batches_received.labels(transport).inc()
-        args = (edge_id_from_transport, payload, signature, http_key, transport, self._now_ms())
+        now = self._now_ms()
+        salts = self._salts(now) if self._salts is not None else None
+        args = (edge_id_from_transport, payload, signature, http_key, transport, now, salts)
         out: Future[Ack | PreparedBatch] = Future()
         if self._pool is None:
             out.set_result(self._admit(prepare_payload(self._ctx, *args)))

@@ -42,6 +42,7 @@ EVENTS_SCHEMA = pa.schema(
         ("pii", pa.uint8()),
         ("retention_class", _S),
         ("flags", pa.uint8()),
+        ("visitor_id", pa.uint64()),
     ]
 )
 

@@ -46,6 +46,7 @@ EVENT_COLUMNS: tuple[str, ...] = (
     "pii",
     "retention_class",
     "flags",
+    "visitor_id",
 )
 
 BATCH_COLUMNS: tuple[str, ...] = (
@@ -103,12 +104,15 @@ def ddl(config: HubConfig) -> list[str]:
     schema_version LowCardinality(String),
     pii UInt8,
     retention_class LowCardinality(String),
-    flags UInt8
+    flags UInt8,
+    visitor_id UInt64 DEFAULT 0
 )
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(received_at)
 ORDER BY (category, source_id, type, observed_at, event_id)
 SETTINGS non_replicated_deduplication_window = {window}""",
+        # Hubs created before visitor ids were computed at ingest (0 = unknown).
+        f"ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS visitor_id UInt64 DEFAULT 0",
         f"""CREATE TABLE IF NOT EXISTS {db}.batches (
     edge_id LowCardinality(String),
     batch_id String,

@@ -69,3 +69,67 @@ def test_token_bucket_admits_the_rate_and_names_the_wait() -> None:
     assert rl.check("e1", 800, now=wait) == 0
     # a batch bigger than the burst passes on a full bucket, never refused forever
     assert rl.check("e3", 5000, now=0.0) == 0
+
+
+def _web(
+    ip: str, ua: str, site: str = "shop.example", observed_at: int = 1_800_000_000_000
+) -> dict[str, object]:
+    import uuid
+
+    return {
+        "event_id": str(uuid.uuid4()),
+        "observed_at": observed_at,
+        "received_at": observed_at,
+        "source": {"type": "browser", "id": "tracker"},
+        "event": {
+            "category": "web",
+            "type": "page_view",
+            "data": {"url": "/", "ip": ip, "user_agent": ua, "site": site},
+        },
+        "privacy": {"pii": True},
+    }
+
+
+def test_web_visitors_get_a_salted_id_and_the_raw_ip_is_never_kept() -> None:
+    import orjson
+
+    from edgekite.visitor import DailySalts, utc_day
+
+    day = utc_day(1_800_000_000_000)
+    salts = DailySalts({day: b"s" * 32})
+    evs = [
+        _web("203.0.113.9", "UA-1"),
+        _web("203.0.113.9", "UA-1"),  # the same person again
+        _web("203.0.113.10", "UA-1"),  # a neighbour on the same /24
+        _web("203.0.113.9", "UA-1", site="other.example"),  # the same person on another site
+        _web("2001:db8:1234:5678::1", "UA-2"),
+    ]
+    d = decode_events(
+        HEADER,
+        evs,
+        hub_received_at=1_800_000_000_000,
+        limits=LimitsSection(),
+        dead_letter_max_bytes=64,
+        salts=salts,
+    )
+    vids = d.columns["visitor_id"]
+    assert vids[0] == vids[1] != 0
+    assert vids[2] != vids[0], "the id is from the full address, not the truncated one"
+    assert vids[3] != vids[0], "ids are per site"
+    stored_ips = [orjson.loads(x)["ip"] for x in d.columns["data"]]
+    assert stored_ips == ["203.0.113.0", "203.0.113.0", "203.0.113.0", "203.0.113.0", "2001:db8:1234::"]
+    other_salt = decode_events(
+        HEADER, evs[:1], hub_received_at=1_800_000_000_000, limits=LimitsSection(), dead_letter_max_bytes=64,
+        salts=DailySalts({day: b"t" * 32}),
+    )  # fmt: skip
+    assert other_salt.columns["visitor_id"][0] != vids[0], "a new day's salt, a new id"
+    dropped = decode_events(
+        HEADER, evs[:1], hub_received_at=1_800_000_000_000, limits=LimitsSection(), dead_letter_max_bytes=64,
+        salts=salts, ip_mode="drop",
+    )  # fmt: skip
+    assert "ip" not in orjson.loads(dropped.columns["data"][0])
+    unsalted = decode_events(
+        HEADER, evs[:1], hub_received_at=1_800_000_000_000, limits=LimitsSection(), dead_letter_max_bytes=64
+    )
+    assert unsalted.columns["visitor_id"] == [0]
+    assert orjson.loads(unsalted.columns["data"][0])["ip"] == "203.0.113.0", "no salt: still no raw IP"
