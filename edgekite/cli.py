@@ -98,6 +98,11 @@ def cmd_hub(args: argparse.Namespace) -> int:
         print(f"edgekite: bad configuration: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.log.level, config.log.format)
+    if args.action == "enrich":
+        return cmd_hub_enrich(args, config)
+    if args.rerun or args.since is not None:
+        print("edgekite hub: --rerun and --since belong to `edgekite hub enrich`", file=sys.stderr)
+        return 2
     from edgekite.hubstore import StoreLockedError
 
     try:
@@ -105,6 +110,23 @@ def cmd_hub(args: argparse.Namespace) -> int:
     except StoreLockedError as exc:
         print(f"edgekite hub: {exc}", file=sys.stderr)
         return 1
+
+
+def cmd_hub_enrich(args: argparse.Namespace, config: Any) -> int:
+    """``edgekite hub enrich [--rerun [--since T]]``: one-off enrichment next to (not inside) the hub."""
+    from hub_enrich.rerun import run_cli
+
+    if args.since is not None and not args.rerun:
+        print("edgekite hub enrich: --since needs --rerun", file=sys.stderr)
+        return 2
+    return run_cli(
+        config,
+        do_rerun=args.rerun,
+        since=args.since,
+        bots_file=args.bots_file,
+        geo_db=args.geo_db,
+        batch_rows=args.batch_rows,
+    )
 
 
 async def _run_hub(config: Any) -> int:
@@ -173,7 +195,17 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     edge.set_defaults(func=cmd_edge)
 
-    hub = sub.add_parser("hub", help="run the hub: batch ingest (MQTT and HTTP) into ClickHouse, read API")
+    hub = sub.add_parser(
+        "hub",
+        help="run the hub: batch ingest (MQTT and HTTP) into ClickHouse, read API; "
+        "`hub enrich --rerun` recomputes enrichment",
+    )
+    hub.add_argument(
+        "action",
+        nargs="?",
+        choices=["enrich"],
+        help="enrich: enrich new events and exit, or with --rerun recompute history (hub stopped)",
+    )
     hub.add_argument("--config", type=Path, help="TOML config file (EDGEKITE_HUB_* variables override it)")
     hub.add_argument("--data-dir", type=Path, help="chDB data directory (default ./hub-data)")
     hub.add_argument("--mqtt-url", help="hub broker, mqtt://HOST:PORT; omit for HTTP ingest only")
@@ -181,6 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--http-port", type=int, help="HTTP port for ingest, the API and /metrics (default 8090)"
     )
     hub.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    hub.add_argument("--rerun", action="store_true", help="enrich: recompute stored events' enrichment")
+    hub.add_argument("--since", help="enrich --rerun: only events observed since (ISO-8601 or Unix ms)")
+    hub.add_argument("--bots-file", type=Path, help="enrich: extra bot patterns (docs/enrichment.md)")
+    hub.add_argument("--geo-db", type=Path, help="enrich: MaxMind-format database for geo")
+    hub.add_argument("--batch-rows", type=int, default=50_000, help="enrich: raw rows per insert")
     hub.set_defaults(func=cmd_hub)
 
     brk = sub.add_parser("broker", help="run only the embedded MQTT broker (amqtt)")

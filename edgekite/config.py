@@ -399,12 +399,32 @@ class HubIngestSection(_Section):
     )
 
 
+class HubEnrichSection(_Section):
+    enabled: bool = Field(True, description="Run the enrichment consumer in the hub process.")
+    bots_file: Path | None = Field(
+        None,
+        description="Extra bot patterns, one regex per line ('!' allows); read at start, no release needed.",
+    )
+    geo_db: Path | None = Field(
+        None, description="MaxMind-format database (GeoLite2/GeoIP2 City or Country)."
+    )
+    site_hosts: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="site -> its own hostnames, so clicks between its pages are 'internal'.",
+    )
+    lag_secs: float = Field(
+        30, ge=0, description="The consumer stays this far behind ingest (see hub_enrich)."
+    )
+    batch_rows: int = Field(20_000, ge=100, le=1_000_000)
+
+
 class HubConfig(_Section):
     hub: HubSection = Field(default_factory=HubSection)
     storage: HubStorageSection = Field(default_factory=HubStorageSection)
     mqtt: HubMqttSection = Field(default_factory=HubMqttSection)
     http: HubHttpSection = Field(default_factory=HubHttpSection)
     ingest: HubIngestSection = Field(default_factory=HubIngestSection)
+    enrich: HubEnrichSection = Field(default_factory=HubEnrichSection)
     limits: LimitsSection = Field(default_factory=LimitsSection)
     log: LogSection = Field(default_factory=LogSection)
     edges: dict[str, HubEdge] = Field(

@@ -25,6 +25,7 @@ from edgekite.hub_metrics import HubMetrics
 from edgekite.hubstore import HubStore
 
 if TYPE_CHECKING:
+    from hub_enrich.consumer import EnrichmentConsumer
     from hub_ingest.consumer import ConsumerGroup
     from hub_ingest.prepare import DecodePool
     from hub_ingest.processor import BatchProcessor
@@ -42,6 +43,8 @@ class HubNode:
         self.processor: BatchProcessor | None = None
         self.decode_pool: DecodePool | None = None
         self.consumers: ConsumerGroup | None = None
+        self.enricher: EnrichmentConsumer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
         self._stop = asyncio.Event()
         self.http_url = ""
@@ -58,20 +61,28 @@ class HubNode:
         return max(1, min(4, os.cpu_count() or 2))
 
     async def __aenter__(self) -> HubNode:
+        from edgekite.hubstore.analytics import ensure_analytics
         from hub_ingest.prepare import DecodePool, PrepareContext
         from hub_ingest.processor import BatchProcessor
+        from hub_ingest.salts import SaltKeeper
 
         await self.store.run(self.store.open)
         try:
             loop = asyncio.get_running_loop()
+            await self.store.run(ensure_analytics, self.store)
+            salts = SaltKeeper(self.store, self.config.ingest.salt_keep_days)
+            await self.store.run(salts.rotate)
+            self._tasks.append(asyncio.create_task(self._rotate_salts(salts), name="edgekite-salts"))
             self.decode_pool = DecodePool(PrepareContext.from_config(self.config), self.decode_workers())
             await loop.run_in_executor(None, self.decode_pool.start)
             self.processor = BatchProcessor(
-                self.config, self.store, self.metrics, decode_pool=self.decode_pool
+                self.config, self.store, self.metrics, decode_pool=self.decode_pool, salts=salts.current
             )
             await self._start_http(self.processor)
             if self.config.mqtt.url:
                 await self._start_consumers(self.processor)
+            if self.config.enrich.enabled:
+                self._start_enrichment()
         except BaseException:
             await self._shutdown()
             raise
@@ -81,6 +92,32 @@ class HubNode:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self._shutdown()
+
+    async def _rotate_salts(self, salts: object) -> None:
+        """Salts expire on time even when no web event arrives (deleting them is the point)."""
+        from hub_ingest.salts import SaltKeeper
+
+        assert isinstance(salts, SaltKeeper)
+        while True:
+            await asyncio.sleep(60)
+            try:
+                await self.store.run(salts.rotate)
+            except Exception:
+                log.exception("visitor-id salt rotation failed")
+
+    def _start_enrichment(self) -> None:
+        from hub_enrich.consumer import EnrichmentConsumer
+        from hub_enrich.rerun import build_enricher
+
+        ec = self.config.enrich
+        consumer = EnrichmentConsumer(
+            self.store,
+            build_enricher(ec.bots_file, ec.geo_db, ec.site_hosts),
+            batch_rows=ec.batch_rows,
+            lag_ms=int(ec.lag_secs * 1000),
+        )
+        self.enricher = consumer
+        self._tasks.append(asyncio.create_task(consumer.run(), name="edgekite-enrich"))
 
     async def _start_consumers(self, processor: BatchProcessor) -> None:
         from hub_ingest.consumer import ConsumerGroup
@@ -135,6 +172,14 @@ class HubNode:
 
     async def _shutdown(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.enricher is not None:
+            self.enricher.stop()
+        for task in self._tasks:
+            if not task.done() and task.get_name() != "edgekite-enrich":
+                task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._tasks.clear()
         if self.consumers is not None:
             group, self.consumers = self.consumers, None
             await loop.run_in_executor(None, group.stop)

@@ -10,8 +10,9 @@ Visitor ids and IP truncation live in :mod:`edgekite.visitor`, because hub inges
 before storing an event. No I/O here beyond loading rule, list and database files.
 """
 
+from edgekite.hubstore.enriched import ENRICHED_COLUMNS
 from hub_enrich.bots import BotDetector, BotVerdict
-from hub_enrich.enrich import COLUMN_NAMES, ENRICHED_COLUMNS, ENRICHMENT_VERSION, Enricher
+from hub_enrich.enrich import COLUMN_NAMES, ENRICHMENT_VERSION, Enricher
 from hub_enrich.geo import Geo, GeoLookup
 from hub_enrich.referrer import CHANNELS, RefInfo, classify
 from hub_enrich.ua import UaInfo, UaParser

@@ -45,6 +45,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from edgekite.hubstore.enriched import ENRICHED_COLUMNS
 from edgekite.visitor import DailySalts, site_of
 from hub_enrich.bots import BotDetector
 from hub_enrich.geo import EMPTY_GEO, Geo, GeoLookup
@@ -56,41 +57,9 @@ ENRICHMENT_VERSION: int = 1
 and ``--rerun`` replaces rows of older versions. List/database updates that need no code change
 are detected by :attr:`Enricher.fingerprint` instead."""
 
-ENRICHED_COLUMNS: dict[str, str] = {
-    # carried from the raw event, so the views never join back to ``events``
-    "event_id": "UUID",
-    "observed_at": "DateTime64(3, 'UTC')",  # Unix ms in the output
-    "edge_id": "LowCardinality(String)",
-    "source_id": "LowCardinality(String)",
-    "category": "LowCardinality(String)",
-    "type": "LowCardinality(String)",
-    # derived
-    "site": "LowCardinality(String)",
-    "url_host": "LowCardinality(String)",
-    "url_path": "String",
-    "page_title": "String",
-    "referrer_host": "LowCardinality(String)",
-    "referrer_source": "LowCardinality(String)",
-    "channel": "LowCardinality(String)",
-    "utm_source": "LowCardinality(String)",
-    "utm_medium": "LowCardinality(String)",
-    "utm_campaign": "LowCardinality(String)",
-    "utm_term": "String",
-    "utm_content": "String",
-    "browser": "LowCardinality(String)",
-    "browser_version": "LowCardinality(String)",
-    "os": "LowCardinality(String)",
-    "os_version": "LowCardinality(String)",
-    "device_type": "LowCardinality(String)",
-    "is_bot": "UInt8",
-    "bot_name": "LowCardinality(String)",
-    "country": "LowCardinality(String)",
-    "region": "LowCardinality(String)",
-    "city": "LowCardinality(String)",
-    "visitor_id": "UInt64",
-    "enrichment_version": "UInt16",
-}
-"""Output column -> the ClickHouse type proposed for the enriched table (in output order)."""
+# The enriched table's columns are storage's to define (edgekite.hubstore.enriched); the
+# enricher produces exactly them, in that order.
+
 
 COLUMN_NAMES: tuple[str, ...] = tuple(ENRICHED_COLUMNS)
 

@@ -45,6 +45,9 @@ def _cut(raw: bytes, max_bytes: int) -> str:
     return raw[:max_bytes].decode("utf-8", "replace")
 
 
+EDGE_HASH_PREFIX = "hmac256:"  # edge_bridge.sync_batch.keyed_hash's output
+
+
 def visitor_and_private_data(
     row_data: Any,
     source_metadata: Any,
@@ -67,18 +70,20 @@ def visitor_and_private_data(
         return 0, None
     ua = row_data.get("user_agent") or row_data.get("ua") or ""
     site = site_of(row_data, source_metadata, source_id)
-    vid = (
-        0
-        if salts is None
-        else salts.visitor_id(
-            site, normalise_ip(ip), ua if type(ua) is str else "", observed_at, hub_received_at
-        )
-    )
+    address = normalise_ip(ip)
+    # An edge with sync.pii = "hash" sends a keyed hash instead of the address: not an address,
+    # stable per visitor, so it is kept and still counts visitors. Anything else is dropped.
+    identity = address or (ip if ip.startswith(EDGE_HASH_PREFIX) else "")
+    vid = 0
+    if salts is not None and identity:
+        vid = salts.visitor_id(site, identity, ua if type(ua) is str else "", observed_at, hub_received_at)
+    if identity and not address:
+        return vid, None
     private = dict(row_data)
-    if ip_mode == "drop":
+    if ip_mode == "drop" or not address:
         del private["ip"]
     else:
-        private["ip"] = truncate_ip(ip)
+        private["ip"] = truncate_ip(address)
     return vid, orjson.dumps(private).decode()
 
 

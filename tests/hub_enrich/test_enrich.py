@@ -13,11 +13,12 @@ import pytest
 from mmdb_writer import MMDBWriter
 from netaddr import IPSet
 
+from edgekite.hubstore.enriched import ENRICHED_COLUMNS
 from edgekite.hubstore.schema import EVENT_COLUMNS
 from edgekite.simulate import USER_AGENTS, TrafficGenerator
 from edgekite.visitor import DAY_MS, DailySalts, visitor_id
 from hub_enrich.bots import BotDetector
-from hub_enrich.enrich import COLUMN_NAMES, ENRICHED_COLUMNS, ENRICHMENT_VERSION, Enricher
+from hub_enrich.enrich import COLUMN_NAMES, ENRICHMENT_VERSION, Enricher
 from hub_enrich.geo import GeoLookup
 from hub_enrich.ua import UaParser
 from tests.hub_enrich.user_agents import HUMAN_UAS
@@ -56,6 +57,7 @@ def stored_row(source_id: str, env: Mapping[str, Any], **extra: Any) -> dict[str
         "pii": 1,
         "retention_class": "standard",
         "flags": 0,
+        "visitor_id": 0,  # 0: not computed at ingest, so the enricher computes it from the salts
     }
     assert set(row) == set(EVENT_COLUMNS)
     row.update(extra)

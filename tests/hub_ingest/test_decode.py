@@ -133,3 +133,25 @@ def test_web_visitors_get_a_salted_id_and_the_raw_ip_is_never_kept() -> None:
     )
     assert unsalted.columns["visitor_id"] == [0]
     assert orjson.loads(unsalted.columns["data"][0])["ip"] == "203.0.113.0", "no salt: still no raw IP"
+
+
+def test_an_edge_hashed_ip_is_kept_and_counts_garbage_is_dropped() -> None:
+    import orjson
+
+    from edgekite.visitor import DailySalts, utc_day
+
+    salts = DailySalts({utc_day(1_800_000_000_000): b"s" * 32})
+    hashed = "hmac256:" + "ab" * 16
+    evs = [_web(hashed, "UA"), _web(hashed, "UA"), _web("not an address", "UA")]
+    d = decode_events(
+        HEADER,
+        evs,
+        hub_received_at=1_800_000_000_000,
+        limits=LimitsSection(),
+        dead_letter_max_bytes=64,
+        salts=salts,
+    )
+    vids = d.columns["visitor_id"]
+    assert vids[0] == vids[1] != 0 and vids[2] == 0
+    data = [orjson.loads(x) for x in d.columns["data"]]
+    assert data[0]["ip"] == hashed and "ip" not in data[2]
