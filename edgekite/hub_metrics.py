@@ -74,6 +74,17 @@ class HubMetrics:
         self.mqtt_connected = Gauge(
             "edgekite_hub_mqtt_consumers_connected", "MQTT consumers holding a broker session.", registry=r
         )
+        self.events_enriched = Counter(
+            "edgekite_hub_events_enriched", "Raw events the enrichment consumer has enriched.", registry=r
+        )
+        self.enrich_watermark = Gauge(
+            "edgekite_hub_enrich_watermark_timestamp_seconds",
+            "hub_received_at of the last raw event enriched (lag = now - this).",
+            registry=r,
+        )
+        self.enrich_errors = Counter(
+            "edgekite_hub_enrich_errors", "Enrichment steps that failed and were retried.", registry=r
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -117,7 +117,17 @@ class HubNode:
             lag_ms=int(ec.lag_secs * 1000),
         )
         self.enricher = consumer
-        self._tasks.append(asyncio.create_task(consumer.run(), name="edgekite-enrich"))
+        m = self.metrics
+
+        def on_step(rows: int, watermark_ms: int, failed: bool) -> None:
+            if failed:
+                m.enrich_errors.inc()
+                return
+            m.events_enriched.inc(rows)
+            if watermark_ms:
+                m.enrich_watermark.set(watermark_ms / 1000)
+
+        self._tasks.append(asyncio.create_task(consumer.run(on_step), name="edgekite-enrich"))
 
     async def _start_consumers(self, processor: BatchProcessor) -> None:
         from hub_ingest.consumer import ConsumerGroup

@@ -359,8 +359,10 @@ class EnrichmentConsumer:
     def stop(self) -> None:
         self._stop.set()
 
-    async def run(self) -> None:
+    async def run(self, on_step: Callable[[int, int, bool], None] | None = None) -> None:
         """Step on the store thread until :meth:`stop`; idle ``poll_interval`` when caught up.
+
+        ``on_step(rows, watermark_ms, failed)`` after each step (the hub's metrics).
 
         Storage errors are logged and retried with a back-off (the hub keeps ingesting; the
         consumer catches up from its stored watermark).
@@ -375,11 +377,15 @@ class EnrichmentConsumer:
                     await self.store.run(self.sweep)
                 self.last_error = ""
                 backoff = self.poll_interval
+                if on_step is not None:
+                    on_step(n, self.state.watermark.at_ms if self.state else 0, False)
             except StorageError as exc:
                 self.last_error = str(exc)
                 log.warning("enrichment consumer %r: %s (retrying in %.1fs)", self.name, exc, backoff)
                 n = 0
                 backoff = min(backoff * 2, 60.0)
+                if on_step is not None:
+                    on_step(0, 0, True)
             if n < self.batch_rows:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), timeout=backoff)

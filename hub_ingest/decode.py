@@ -56,8 +56,9 @@ def visitor_and_private_data(
     hub_received_at: int,
     salts: DailySalts | None,
     ip_mode: str,
+    with_visitor: bool = True,
 ) -> tuple[int, str | None]:
-    """A web event's cookieless visitor id, and its data with the raw IP truncated or dropped.
+    """A web event's cookieless visitor id, and any event's data with the raw IP truncated or dropped.
 
     Computed here, before anything is stored, because it needs the full address and the day's
     salt, and salts are deleted: afterwards neither the address nor the id can be recovered.
@@ -75,7 +76,7 @@ def visitor_and_private_data(
     # stable per visitor, so it is kept and still counts visitors. Anything else is dropped.
     identity = address or (ip if ip.startswith(EDGE_HASH_PREFIX) else "")
     vid = 0
-    if salts is not None and identity:
+    if salts is not None and identity and with_visitor:
         vid = salts.visitor_id(site, identity, ua if type(ua) is str else "", observed_at, hub_received_at)
     if identity and not address:
         return vid, None
@@ -198,9 +199,16 @@ def decode_events(
             session_id.append(None)
             incident_id.append(None)
         vid, private = 0, None
-        if row.category == "web":
+        if type(row.data) is dict and "ip" in row.data:  # any category: no raw address is stored
             vid, private = visitor_and_private_data(
-                row.data, src.get("metadata"), row.source_id, row.observed_at, hub_received_at, salts, ip_mode
+                row.data,
+                src.get("metadata"),
+                row.source_id,
+                row.observed_at,
+                hub_received_at,
+                salts,
+                ip_mode,
+                with_visitor=row.category == "web",
             )
         visitor.append(vid)
         data.append(private if private is not None else row.payload_json)
