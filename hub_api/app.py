@@ -32,7 +32,9 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
-PUBLIC_PATHS = frozenset({"/api/ingest/batch"})  # edges authenticate there with their own keys
+# Edges authenticate on ingest with their own keys; "/" is the analysts' dashboard page.
+PUBLIC_PATHS = frozenset({"/api/ingest/batch", "/"})
+PUBLIC_PREFIX = "/static/"  # the analysts' dashboard files hold no data; the API they call does
 
 
 @dataclass
@@ -113,7 +115,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     key = request.app[CTX].config.http.api_key
-    if key is None or request.path in PUBLIC_PATHS:
+    if key is None or request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIX):
         return await handler(request)
     auth = request.headers.get("Authorization", "")
     given = auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("X-API-Key")
@@ -311,4 +313,10 @@ def create_app(ctx: HubApiContext) -> web.Application:
     app.router.add_get("/api/dead_letters", get_dead_letters)
     app.router.add_get("/api/health", get_health)
     app.router.add_get("/metrics", get_metrics)
+    # Imported here: both modules use this one's context and helpers (a cycle at the top).
+    from hub_api.analytics import add_analytics_routes
+    from hub_api.dashboard import add_dashboard_routes
+
+    add_dashboard_routes(app)  # the analysts' dashboard: / and /static/
+    add_analytics_routes(app)  # /api/web/*, /api/iot/*, /api/fleet/{edge_id}
     return app

@@ -1,0 +1,523 @@
+"""SQL builders for the hub's analytics API (issue 6): ``(sql, params)`` pairs, values always bound.
+
+Why the SQL is built here and does not select from the ``web_visits`` / ``web_daily`` views: a
+filter on *top* of a view with window functions is not pushed below them, so the views
+sessionise the whole history for every question (1.6–1.8 s for one site on 10 M events). These
+builders put the site, the period and ``is_bot`` into the innermost ``SELECT`` (over
+``events_enriched FINAL``, one row per ``event_id``, as the views read it) and sessionise only
+what the question needs, with the views' definitions (docs/metrics.md):
+
+- a visit is one visitor's web events on one site with gaps ≤ 30 min, per ``(site, visitor_id,
+  is_bot)``; the events of an unknown visitor (``visitor_id = 0``) form no visit (each is its
+  own pseudo-visit here, so filters still apply to it, but it never counts as a visit/visitor);
+- the period is widened by :data:`LOOKBACK_MS` at the start: a visit in progress at ``from``
+  keeps its landing attributes (unless it has lasted longer than that), and only visits that
+  *start* in ``[from, to)`` count as visits, bounces and duration (30 minutes of look-back would
+  already make that classification exact; the rest is for the attributes);
+- page views and visitors are those of events observed in ``[from, to)``;
+- filters select **visits** by the visit's attribute (its landing page view's: Umami's rule), or
+  for ``path`` visits that viewed that path; the events of a matching visit are then counted.
+
+The IoT and fleet builders read the raw ``events`` table with the period in the innermost
+``SELECT`` and ``LIMIT 1 BY event_id`` (the hub's rule for the raw table).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+HOUR_MS = 3_600_000
+DAY_MS = 86_400_000
+WEEK_MS = 7 * DAY_MS
+VISIT_GAP_MS = 1_800_000
+LOOKBACK_MS = 6 * HOUR_MS
+"""How far before ``from`` the sessionisation reads (see the module doc)."""
+
+FILTER_COLUMNS: dict[str, str] = {
+    "country": "country",
+    "region": "region",
+    "city": "city",
+    "browser": "browser",
+    "os": "os",
+    "device": "device_type",
+    "channel": "channel",
+    "referrer": "referrer_host",
+    "utm_source": "utm_source",
+    "utm_medium": "utm_medium",
+    "utm_campaign": "utm_campaign",
+    "edge_id": "edge_id",
+}
+"""Query parameter -> the enriched column a visit's (landing) attribute comes from; plus ``path``."""
+
+FILTER_NAMES: tuple[str, ...] = (*FILTER_COLUMNS, "path")
+
+EVENT_DIMS: dict[str, str] = {
+    "page": "url_path",
+    "country": "country",
+    "region": "region",
+    "city": "city",
+    "browser": "browser",
+    "os": "os",
+    "device": "device_type",
+}
+"""Top-list dimensions counted per event (stable for a visitor, or the page itself)."""
+
+VISIT_DIMS: dict[str, str] = {
+    "entry_page": "entry_path",
+    "exit_page": "exit_path",
+    "referrer": "referrer_host",
+    "channel": "channel",
+    "utm_source": "utm_source",
+    "utm_medium": "utm_medium",
+    "utm_campaign": "utm_campaign",
+}
+"""Top-list dimensions counted per visit, by the visit's landing attribute (acquisition)."""
+
+DIMS: tuple[str, ...] = (*EVENT_DIMS, *VISIT_DIMS)
+
+
+def _ts(name: str) -> str:
+    return f"fromUnixTimestamp64Milli({{{name}:Int64}}, 'UTC')"
+
+
+@dataclass(frozen=True)
+class WebQuery:
+    """One web question: the database, an optional site, the period, bots, filters."""
+
+    db: str
+    from_ms: int
+    to_ms: int
+    site: str | None = None
+    include_bots: bool = False
+    filters: dict[str, str] = field(default_factory=dict)
+
+    def interval_ms(self) -> int:
+        return HOUR_MS if self.to_ms - self.from_ms <= 48 * HOUR_MS else DAY_MS
+
+    def base_params(self, lookback: int = 0) -> dict[str, Any]:
+        params: dict[str, Any] = {"from": self.from_ms, "to": self.to_ms, "lo": self.from_ms - lookback}
+        if self.site is not None:
+            params["site"] = self.site
+        for name, value in self.filters.items():
+            params[f"f_{name}"] = value
+        return params
+
+    def base_where(self, *, lookback: bool) -> str:
+        where = [
+            "category = 'web'",
+            f"observed_at >= {_ts('lo' if lookback else 'from')}",
+            f"observed_at < {_ts('to')}",
+        ]
+        if self.site is not None:
+            where.append("site = {site:String}")
+        if not self.include_bots:
+            where.append("is_bot = 0")
+        return " AND ".join(where)
+
+
+def _events_from(q: WebQuery, columns: list[str], *, lookback: bool, extra_where: str = "") -> str:
+    where = q.base_where(lookback=lookback) + (f" AND {extra_where}" if extra_where else "")
+    return f"SELECT {', '.join(columns)} FROM {q.db}.events_enriched FINAL WHERE {where}"
+
+
+def _visits(q: WebQuery, landing: list[str], *, events: str, need_exit: bool = False) -> str:
+    """One row per visit (and per unknown-visitor event) with ``start``, ``dur_s``, ``pv``, ``pv_in``
+    (page views observed in the period), ``ev_in``, the landing attributes ``v_<column>`` of
+    ``landing`` (+ ``entry_path``/``exit_path``) and ``evs``: an array built by the expression
+    ``events`` over the visit's events in the period. Filters applied (``HAVING``)."""
+    filter_cols = [FILTER_COLUMNS[n] for n in q.filters if n in FILTER_COLUMNS]
+    attrs = sorted(set(landing) | set(filter_cols))
+    inner_cols = ["site", "visitor_id", "is_bot", "event_id", "t", "is_pv", *attrs]
+    if "url_path" not in inner_cols:
+        inner_cols.append("url_path")
+    base_cols = [
+        "site",
+        "visitor_id",
+        "is_bot",
+        "event_id",
+        "toUnixTimestamp64Milli(observed_at) AS t",
+        "type = 'page_view' AS is_pv",
+        *inner_cols[6:],
+    ]
+    base = _events_from(q, base_cols, lookback=True)
+    window = "PARTITION BY site, visitor_id, is_bot ORDER BY t, event_id"
+    sessionised = f"""SELECT *,
+        sum(new_visit) OVER ({window} ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS visit_no
+    FROM (
+        SELECT *, toUInt8(visitor_id = 0 OR t - lagInFrame(t, 1, toInt64(0)) OVER (
+            {window} ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) > {VISIT_GAP_MS}) AS new_visit
+        FROM ({base})
+    )"""
+    key = "(NOT is_pv, t, event_id)"
+    selects = [
+        "site",
+        "visitor_id",
+        "is_bot",
+        "visit_no",
+        "min(t) AS start",
+        "intDiv(max(t) - min(t), 1000) AS dur_s",
+        "countIf(is_pv) AS pv",
+        "countIf(is_pv AND t >= {from:Int64}) AS pv_in",
+        "countIf(t >= {from:Int64}) AS ev_in",
+        "argMinIf(url_path, (t, event_id), is_pv) AS entry_path",
+        *[f"argMin({c}, {key}) AS v_{c}" for c in attrs],
+        f"groupArrayIf({events}, t >= {{from:Int64}}) AS evs",
+    ]
+    if need_exit:
+        selects.append("argMaxIf(url_path, (t, event_id), is_pv) AS exit_path")
+    having = [f"v_{FILTER_COLUMNS[n]} = {{f_{n}:String}}" for n in q.filters if n in FILTER_COLUMNS]
+    if "path" in q.filters:
+        having.append("countIf(is_pv AND url_path = {f_path:String}) > 0")
+    sql = f"SELECT {', '.join(selects)} FROM ({sessionised}) GROUP BY site, visitor_id, is_bot, visit_no"
+    if having:
+        sql += " HAVING " + " AND ".join(having)
+    return sql
+
+
+def overview_sql(q: WebQuery) -> tuple[str, dict[str, Any]]:
+    """Rows ``(is_total, t, pageviews, visitors, visits, bounces, total_duration)``: one per bucket
+    of the interval (hour or day, UTC) and one total row (``is_total = 1``)."""
+    step = q.interval_ms()
+    visits = _visits(q, [], events=f"(toInt64(intDiv(t, {step}) * {step}), toUInt8(is_pv))")
+    per_row = f"""arrayJoin(arrayConcat(
+            arrayMap(x -> (x.1, x.2, toUInt8(visitor_id != 0), toUInt8(0), toUInt8(0), toUInt64(0)), evs),
+            if(start >= {{from:Int64}} AND visitor_id != 0,
+               [(toInt64(intDiv(start, {step}) * {step}), toUInt8(0), toUInt8(0), toUInt8(1),
+                 toUInt8(pv = 1), toUInt64(dur_s))],
+               [])))"""
+    sql = f"""SELECT grouping(b) AS is_total, b, sum(x.2) AS pageviews,
+    uniqExactIf(visitor_id, x.3 = 1) AS visitors, sum(x.4) AS visits, sum(x.5) AS bounces,
+    sum(x.6) AS total_duration
+FROM (SELECT visitor_id, {per_row} AS x, x.1 AS b FROM ({visits}))
+GROUP BY GROUPING SETS ((b), ())
+ORDER BY is_total, b"""
+    return sql, q.base_params(LOOKBACK_MS)
+
+
+def sites_sql(q: WebQuery, limit: int) -> tuple[str, dict[str, Any]]:
+    """Rows ``(site, pageviews, visitors)`` of the period (event level, filters not applied)."""
+    base = _events_from(q, ["site", "type", "visitor_id"], lookback=False)
+    sql = f"""SELECT site, countIf(type = 'page_view') AS pageviews,
+    uniqExactIf(visitor_id, visitor_id != 0) AS visitors
+FROM ({base}) GROUP BY site ORDER BY pageviews DESC, site LIMIT {{limit:UInt32}}"""
+    return sql, {**q.base_params(), "limit": limit}
+
+
+def top_sql(q: WebQuery, dim: str, limit: int) -> tuple[str, dict[str, Any]]:
+    """Rows ``(value, visitors, pageviews, visits)`` of the top ``limit`` values of ``dim``.
+
+    ``page`` and the per-visitor attributes without filters: one pass over the period's events.
+    Otherwise sessionised: event dimensions count the events of matching visits, visit dimensions
+    (entry/exit page, referrer, channel, UTM) count visits by their landing attribute; entry and
+    exit pages count only visits that started in the period (and their ``visits`` is the ranking).
+    """
+    params = {**q.base_params(LOOKBACK_MS), "limit": limit}
+    order = "visitors DESC, pageviews DESC, value"
+    if dim in EVENT_DIMS and not q.filters:
+        col = EVENT_DIMS[dim]
+        extra = "type = 'page_view'" if dim == "page" else ""
+        base = _events_from(q, [f"{col} AS value", "type", "visitor_id"], lookback=False, extra_where=extra)
+        sql = f"""SELECT value, uniqExactIf(visitor_id, visitor_id != 0) AS visitors,
+    countIf(type = 'page_view') AS pageviews, toUInt64(0) AS visits
+FROM ({base}) GROUP BY value ORDER BY {order} LIMIT {{limit:UInt32}}"""
+        return sql, params
+    if dim in EVENT_DIMS:
+        col = EVENT_DIMS[dim]
+        events = f"({col}, toUInt8(is_pv))"
+        visits = _visits(q, [] if col == "url_path" else [col], events=events)
+        if col != "url_path":
+            # the column is needed per event, not only as the landing attribute
+            visits = visits.replace(
+                f"argMin({col}, (NOT is_pv, t, event_id)) AS v_{col}", f"any({col}) AS v_{col}"
+            )
+        pv_only = "WHERE x.2 = 1" if dim == "page" else ""
+        sql = f"""SELECT x.1 AS value, uniqExactIf(visitor_id, visitor_id != 0) AS visitors,
+    sum(x.2) AS pageviews, toUInt64(0) AS visits
+FROM ({visits}) ARRAY JOIN evs AS x {pv_only}
+GROUP BY value ORDER BY {order} LIMIT {{limit:UInt32}}"""
+        return sql, params
+    col = VISIT_DIMS[dim]
+    if dim in ("entry_page", "exit_page"):
+        visits = _visits(q, [], events="toUInt8(1)", need_exit=dim == "exit_page")
+        sql = f"""SELECT {col} AS value, uniqExact(visitor_id) AS visitors, sum(pv_in) AS pageviews,
+    count() AS visits
+FROM ({visits}) WHERE visitor_id != 0 AND start >= {{from:Int64}} AND pv > 0
+GROUP BY value ORDER BY visits DESC, visitors DESC, value LIMIT {{limit:UInt32}}"""
+        return sql, params
+    visits = _visits(q, [col], events="toUInt8(1)")
+    sql = f"""SELECT v_{col} AS value, uniqExactIf(visitor_id, visitor_id != 0) AS visitors,
+    sum(pv_in) AS pageviews, countIf(visitor_id != 0 AND start >= {{from:Int64}}) AS visits
+FROM ({visits}) WHERE ev_in > 0
+GROUP BY value ORDER BY {order} LIMIT {{limit:UInt32}}"""
+    return sql, params
+
+
+@dataclass(frozen=True)
+class FunnelStep:
+    kind: str  # "page" | "event"
+    value: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind}:{self.value}"
+
+
+def _event_filters(q: WebQuery) -> tuple[str, dict[str, Any]]:
+    """Filters as conditions on each event's own attributes (funnels and cohorts are per visitor)."""
+    conds = [f"{FILTER_COLUMNS[n]} = {{f_{n}:String}}" for n in q.filters if n in FILTER_COLUMNS]
+    if "path" in q.filters:
+        conds.append("url_path = {f_path:String}")
+    return " AND ".join(conds), {}
+
+
+def funnel_sql(q: WebQuery, steps: list[FunnelStep], window_ms: int) -> tuple[str, dict[str, Any]]:
+    """Rows ``(level, visitors)``: how many visitors reached exactly ``level`` steps, in order,
+    within ``window_ms`` of their first step (ClickHouse ``windowFunnel``, per visitor and site)."""
+    params = q.base_params()
+    params["window"] = window_ms
+    conds = []
+    for i, step in enumerate(steps):
+        params[f"s{i}"] = step.value
+        if step.kind == "page":
+            conds.append(f"(type = 'page_view' AND url_path = {{s{i}:String}})")
+        else:
+            conds.append(f"type = {{s{i}:String}}")
+    extra, _ = _event_filters(q)
+    where = "visitor_id != 0 AND (" + " OR ".join(conds) + ")" + (f" AND {extra}" if extra else "")
+    base = _events_from(
+        q,
+        ["site", "visitor_id", "toUInt64(toUnixTimestamp64Milli(observed_at)) AS t", "type", "url_path"],
+        lookback=False,
+        extra_where=where,
+    )
+    sql = f"""SELECT level, count() AS visitors FROM (
+    SELECT site, visitor_id, windowFunnel({{window:UInt64}})(t, {", ".join(conds)}) AS level
+    FROM ({base}) GROUP BY site, visitor_id)
+WHERE level > 0 GROUP BY level ORDER BY level"""
+    return sql, params
+
+
+def cohorts_sql(q: WebQuery) -> tuple[str, dict[str, Any]]:
+    """Rows ``(week_start_ms, week_no, visitors)``: visitors first seen (within the period) in the
+    week ``week_start`` and active ``week_no`` weeks later; weeks start Monday 00:00 UTC."""
+    extra, _ = _event_filters(q)
+    base = _events_from(
+        q,
+        ["site", "visitor_id", "toUnixTimestamp64Milli(toDateTime64(toMonday(observed_at), 3, 'UTC')) AS w"],
+        lookback=False,
+        extra_where="visitor_id != 0" + (f" AND {extra}" if extra else ""),
+    )
+    sql = f"""SELECT cohort, intDiv(w - cohort, {WEEK_MS}) AS n, count() AS visitors FROM (
+    SELECT site, visitor_id, arrayMin(ws) AS cohort, ws FROM (
+        SELECT site, visitor_id, groupUniqArray(w) AS ws FROM ({base}) GROUP BY site, visitor_id))
+ARRAY JOIN ws AS w
+GROUP BY cohort, n ORDER BY cohort, n"""
+    return sql, q.base_params()
+
+
+# -- IoT -------------------------------------------------------------------------------------------
+
+_SITE_EXPR = (
+    "multiIf(JSONExtractString(data, 'site') != '', JSONExtractString(data, 'site'), "
+    "JSONExtractString(source_metadata, 'site_id') != '', JSONExtractString(source_metadata, 'site_id'), "
+    "source_id)"
+)
+_CAMERA_EXPR = (
+    "if(JSONExtractString(data, 'camera_id') != '', JSONExtractString(data, 'camera_id'), source_id)"
+)
+_LABEL_EXPR = (
+    "if(JSONExtractString(data, 'label') != '', JSONExtractString(data, 'label'), "
+    "replaceRegexpOne(type, '_detected$', ''))"
+)
+
+
+@dataclass(frozen=True)
+class IotQuery:
+    db: str
+    from_ms: int
+    to_ms: int
+    site: str | None = None
+    source: str | None = None
+    edge_id: str | None = None
+
+    def params(self) -> dict[str, Any]:
+        p: dict[str, Any] = {"from": self.from_ms, "to": self.to_ms}
+        for k in ("site", "source", "edge_id"):
+            v = getattr(self, k)
+            if v is not None:
+                p[k] = v
+        return p
+
+    def where(self, types: str) -> str:
+        w = [f"category = 'iot' AND {types}", f"observed_at >= {_ts('from')}", f"observed_at < {_ts('to')}"]
+        if self.edge_id is not None:
+            w.append("edge_id = {edge_id:String}")
+        return " AND ".join(w)
+
+
+def detections_sql(q: IotQuery, label: str | None, step_ms: int, limit: int) -> tuple[str, dict[str, Any]]:
+    """Rows ``(t, camera_id, label, detections, avg_confidence, max_confidence)``."""
+    params = {**q.params(), "limit": limit}
+    outer = []
+    if q.site is not None:
+        outer.append("site = {site:String}")
+    if q.source is not None:
+        outer.append("camera_id = {source:String}")
+    if label is not None:
+        outer.append("label = {label:String}")
+        params["label"] = label
+    inner = f"""SELECT toUnixTimestamp64Milli(observed_at) AS t_ms, {_SITE_EXPR} AS site,
+        {_CAMERA_EXPR} AS camera_id, {_LABEL_EXPR} AS label,
+        JSONExtractFloat(data, 'confidence') AS confidence
+    FROM {q.db}.events WHERE {q.where("endsWith(type, '_detected')")}
+    LIMIT 1 BY event_id"""
+    sql = f"""SELECT intDiv(t_ms, {step_ms}) * {step_ms} AS t, camera_id, label, count() AS detections,
+    avg(confidence) AS avg_confidence, max(confidence) AS max_confidence
+FROM ({inner}) {"WHERE " + " AND ".join(outer) if outer else ""}
+GROUP BY t, camera_id, label ORDER BY t, camera_id, label LIMIT {{limit:UInt32}}"""
+    return sql, params
+
+
+INCIDENT_COLUMNS: tuple[str, ...] = (
+    "incident_key",
+    "site",
+    "first_seen",
+    "last_seen",
+    "duration",
+    "detections",
+    "cameras",
+    "edges",
+    "labels",
+    "max_confidence",
+    "avg_confidence",
+    "correlated",
+)
+
+
+def incidents_sql(q: IotQuery, label: str | None, limit: int) -> tuple[str, dict[str, Any]]:
+    """The ``iot_incidents`` view's columns for incidents with a detection in the period, newest
+    first (times in ms). Runs of uncorrelated detections are cut at the period's start."""
+    params = {**q.params(), "limit": limit}
+    having = []
+    if q.site is not None:
+        having.append("site = {site:String}")
+    if q.source is not None:
+        having.append("has(cameras, {source:String})")
+    if label is not None:
+        having.append("has(labels, {label:String})")
+        params["label"] = label
+    inner = f"""SELECT event_id, toUnixTimestamp64Milli(observed_at) AS t_ms, edge_id, {_SITE_EXPR} AS site,
+        {_CAMERA_EXPR} AS camera_id, {_LABEL_EXPR} AS label,
+        JSONExtractFloat(data, 'confidence') AS confidence,
+        ifNull(incident_id, '') AS incident_id
+    FROM {q.db}.events WHERE {q.where("endsWith(type, '_detected')")}
+    LIMIT 1 BY event_id"""
+    win = "PARTITION BY camera_id, incident_id = '' ORDER BY t_ms, event_id"
+    keyed = f"""SELECT *,
+        if(incident_id != '', incident_id, concat(camera_id, '#', toString(sum(new_run) OVER (
+            {win} ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)))) AS incident_key
+    FROM (SELECT *, toUInt32(t_ms - lagInFrame(t_ms, 1, toInt64(0)) OVER (
+            {win} ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) > 60000) AS new_run FROM ({inner}))"""
+    sql = f"""SELECT incident_key, any(site) AS site, min(t_ms) AS first_seen, max(t_ms) AS last_seen,
+    toUInt32(intDiv(max(t_ms) - min(t_ms), 1000)) AS duration, count() AS detections,
+    arraySort(groupUniqArray(camera_id)) AS cameras, arraySort(groupUniqArray(edge_id)) AS edges,
+    arraySort(groupUniqArray(label)) AS labels, max(confidence) AS max_confidence,
+    avg(confidence) AS avg_confidence, max(incident_id != '') AS correlated
+FROM ({keyed}) GROUP BY incident_key
+{"HAVING " + " AND ".join(having) if having else ""}
+ORDER BY first_seen DESC, incident_key LIMIT {{limit:UInt32}}"""
+    return sql, params
+
+
+def sensors_sql(q: IotQuery, metric: str | None, step_ms: int, limit: int) -> tuple[str, dict[str, Any]]:
+    """Rows ``(t, source_id, metric, min, avg, max, samples)`` of sensor readings with a value."""
+    params = {**q.params(), "limit": limit}
+    outer = []
+    if q.site is not None:
+        outer.append("site = {site:String}")
+    if metric is not None:
+        outer.append("metric = {metric:String}")
+        params["metric"] = metric
+    types = "type = 'sensor_reading'" + (" AND source_id = {source:String}" if q.source is not None else "")
+    inner = f"""SELECT toUnixTimestamp64Milli(observed_at) AS t_ms, source_id, {_SITE_EXPR} AS site,
+        JSONExtractString(data, 'metric') AS metric, JSONExtractFloat(data, 'value') AS value
+    FROM {q.db}.events WHERE {q.where(types)} AND JSONHas(data, 'value')
+    LIMIT 1 BY event_id"""
+    sql = f"""SELECT intDiv(t_ms, {step_ms}) * {step_ms} AS t, source_id, metric, min(value) AS min,
+    avg(value) AS avg, max(value) AS max, count() AS samples
+FROM ({inner}) {"WHERE " + " AND ".join(outer) if outer else ""}
+GROUP BY t, source_id, metric ORDER BY t, source_id, metric LIMIT {{limit:UInt32}}"""
+    return sql, params
+
+
+# -- fleet -----------------------------------------------------------------------------------------
+
+
+def edge_ledger_sql(db: str) -> str:
+    """``(batches, last_seen_ms, backlog_reported)`` of one edge from the batch ledger."""
+    return f"""SELECT count(), toUnixTimestamp64Milli(max(hub_received_at)), argMax(backlog, hub_received_at)
+FROM {db}.batches FINAL WHERE edge_id = {{edge_id:String}}"""
+
+
+def edge_days_sql(db: str) -> str:
+    """Rows ``(kind, day_ms, events, p50, p95, p99)``: kind 0 = events per day of the edge's
+    ``received_at``; kind 1 = sync lag percentiles per day of ``hub_received_at``; one pass over
+    the edge's events received by the hub in the period, one row per ``event_id``."""
+    inner = f"""SELECT toUnixTimestamp64Milli(received_at) AS r_ms,
+        toUnixTimestamp64Milli(hub_received_at) AS h_ms,
+        h_ms - toUnixTimestamp64Milli(observed_at) AS lag_ms
+    FROM {db}.events WHERE edge_id = {{edge_id:String}}
+        AND hub_received_at >= {_ts("from")} AND hub_received_at < {_ts("to")}
+    LIMIT 1 BY event_id"""
+    return f"""SELECT k, d, count() AS events, quantilesExactIf(0.5, 0.95, 0.99)(lag_ms, k = 1) AS q FROM (
+    SELECT arrayJoin([(0, intDiv(r_ms, {DAY_MS}) * {DAY_MS}), (1, intDiv(h_ms, {DAY_MS}) * {DAY_MS})]) AS kd,
+        kd.1 AS k, kd.2 AS d, lag_ms FROM ({inner}))
+GROUP BY k, d ORDER BY k, d"""
+
+
+def edge_sources_sql(db: str) -> str:
+    """Rows ``(source_id, events, last_seen_ms)`` of the edge's events observed in the period."""
+    return f"""SELECT source_id, count() AS events, toUnixTimestamp64Milli(max(observed_at)) AS last_seen
+FROM (
+    SELECT source_id, observed_at FROM {db}.events WHERE edge_id = {{edge_id:String}}
+        AND hub_received_at >= {_ts("from")} AND hub_received_at < {_ts("to")}
+    LIMIT 1 BY event_id)
+GROUP BY source_id ORDER BY events DESC, source_id LIMIT 1000"""
+
+
+HEARTBEAT_COLUMNS: tuple[str, ...] = (
+    "source_id",
+    "source_type",
+    "last_heartbeat_at",
+    "heartbeats",
+    "uptime_seconds",
+    "cpu_percent",
+    "memory_percent",
+    "disk_percent",
+)
+
+
+def edge_heartbeats_sql(db: str) -> str:
+    """The ``fleet_heartbeats`` view's columns for one edge's sources, heartbeats observed in the period."""
+    return f"""SELECT source_id, any(source_type), toUnixTimestamp64Milli(max(observed_at)), count(),
+    argMax(JSONExtractUInt(data, 'uptime_seconds'), observed_at),
+    argMax(JSONExtractFloat(data, 'cpu_percent'), observed_at),
+    argMax(JSONExtractFloat(data, 'memory_percent'), observed_at),
+    argMax(JSONExtractFloat(data, 'disk_percent'), observed_at)
+FROM (
+    SELECT source_id, source_type, observed_at, data FROM {db}.events
+    WHERE type = 'heartbeat' AND edge_id = {{edge_id:String}}
+        AND observed_at >= {_ts("from")} AND observed_at < {_ts("to")}
+    LIMIT 1 BY event_id)
+GROUP BY source_id ORDER BY source_id LIMIT 1000"""
+
+
+def edge_known_sql(db: str) -> str:
+    """1 when the edge has any stored event (an edge may predate the ledger's rows)."""
+    return f"SELECT count() > 0 FROM (SELECT 1 FROM {db}.events WHERE edge_id = {{edge_id:String}} LIMIT 1)"
+
+
+def latest_event_sql(db: str) -> str:
+    """The newest ingested event's ``hub_received_at`` (ms), or 0 when there is none."""
+    return f"SELECT toUnixTimestamp64Milli(max(hub_received_at)), count() FROM {db}.events"
