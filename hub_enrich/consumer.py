@@ -281,18 +281,15 @@ class EnrichmentConsumer:
         tbl = enriched_table(self.enricher, raw, next_enriched_at())
         self.store.insert_arrow(ENRICHED_TABLE, tbl)
 
-    def step(self) -> int:
-        """Enrich the next batch after the watermark; the number of raw rows enriched (0: caught up).
-
-        Blocking; run it on the store thread (``await store.run(consumer.step)``).
-        """
+    def fetch(self) -> list[dict[str, Any]]:
+        """The next raw rows after the watermark (deduplicated); [] when caught up. Store thread."""
         state = self._load()
         with_vid = raw_has_visitor_id(self.store)
         self._refresh_salts()
         upper = self.clock() - self.lag_ms
         wm = state.watermark
         if upper <= wm.at_ms:
-            return 0
+            return []
         sql = (
             raw_select(self.store.database, with_vid)
             + " WHERE hub_received_at <= fromUnixTimestamp64Milli({upper:Int64}, 'UTC') AND "
@@ -302,10 +299,17 @@ class EnrichmentConsumer:
         rows = self.store.query_rows(
             sql, {"upper": upper, "wm_at": wm.at_ms, "wm_id": wm.event_id, "n": self.batch_rows}
         )
-        if not rows:
-            return 0
-        raw = rows_to_dicts(rows, with_vid)
-        self._enrich_insert(raw)
+        return rows_to_dicts(rows, with_vid) if rows else []
+
+    def transform(self, raw: Sequence[Mapping[str, Any]]) -> Any:
+        """The enriched Arrow table of ``raw``: pure CPU, any thread (not the store's, so ingest's
+        inserts go on while Python parses user agents)."""
+        return enriched_table(self.enricher, raw, next_enriched_at())
+
+    def commit(self, raw: Sequence[Mapping[str, Any]], tbl: Any) -> int:
+        """Insert the enriched rows, then move the watermark past them. Store thread."""
+        state = self._load()
+        self.store.insert_arrow(ENRICHED_TABLE, tbl)
         last = raw[-1]
         new_state = ConsumerState(
             Watermark(int(last["hub_received_at"]), str(last["event_id"])),
@@ -317,6 +321,24 @@ class EnrichmentConsumer:
         save_state(self.store, self.name, new_state)  # only after the rows are in
         self.state = new_state
         return len(raw)
+
+    def step(self) -> int:
+        """Enrich the next batch after the watermark; the number of raw rows enriched (0: caught up).
+
+        Blocking; run it on the store thread (``await store.run(consumer.step)``). The hub's
+        :meth:`run` does the same in three hops, enriching off the store thread.
+        """
+        raw = self.fetch()
+        if not raw:
+            return 0
+        return self.commit(raw, self.transform(raw))
+
+    async def _step_async(self) -> int:
+        raw = await self.store.run(self.fetch)
+        if not raw:
+            return 0
+        tbl = await asyncio.get_running_loop().run_in_executor(None, self.transform, raw)
+        return await self.store.run(self.commit, raw, tbl)
 
     def sweep(self) -> int:
         """Enrich raw rows behind the watermark that ``events_enriched`` lacks (a commit later than
@@ -371,7 +393,7 @@ class EnrichmentConsumer:
         last_sweep = time.monotonic()
         while not self._stop.is_set():
             try:
-                n = await self.store.run(self.step)
+                n = await self._step_async()
                 if time.monotonic() - last_sweep >= self.sweep_interval:
                     last_sweep = time.monotonic()
                     await self.store.run(self.sweep)

@@ -47,10 +47,10 @@ class SaltKeeper:
             purge_expired_salts(self._store, expired)
             log.info("deleted the visitor-id salts of %d expired day(s)", len(expired))
         fresh = DailySalts(load_salts(self._store), self._salts.keep_days)  # the first writer's salt wins
+        live = DailySalts({d: s for d, s in fresh.salts.items() if d not in expired}, fresh.keep_days)
         with self._lock:
-            self._salts = DailySalts(
-                {d: s for d, s in fresh.salts.items() if d not in expired}, fresh.keep_days
-            )
+            self._salts = live
+            self._plain = dict(live.salts)  # picklable: it travels to the decode workers
 
     def current(self, now_ms: int) -> Mapping[int, bytes]:
         """The live salts for a batch received at ``now_ms``; asks for a rotation after midnight.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgekite.config import load_hub_config
+from edgekite.hubstore import HubStore
 from tests.conftest import HubProcess, wait_for
 from tests.hub_ingest.helpers import batch, envelopes, http, metric, post_batch
 
@@ -26,3 +28,15 @@ def test_the_hub_enriches_its_ingest_and_stores_no_raw_ip(tmp_path: Path) -> Non
         _, _, found = http("GET", f"{hub.http_url}/api/events?q={ip}&limit=5")
         assert found["events"] == [], f"raw address {ip} stored"
     hub.terminate()
+    web_with_ip = sum(1 for e in events if e["event"]["category"] == "web" and "ip" in e["event"]["data"])
+    store = HubStore(load_hub_config(environ={}, overrides={"hub": {"data_dir": str(tmp_path / "hub")}}))
+    store.open()
+    try:
+        ((with_id, distinct),) = store.query_rows(
+            f"SELECT countIf(visitor_id != 0), uniqExact(visitor_id) FROM {store.table('events')} "
+            "WHERE category = 'web'"
+        )
+    finally:
+        store.close()
+    assert with_id == web_with_ip, "every web event with an address got its visitor id at ingest"
+    assert distinct > 1
