@@ -13,7 +13,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -25,6 +25,9 @@ HUB_ENV_PREFIX = "EDGEKITE_HUB_"  # the hub's own variables; the edge ignores th
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+C = TypeVar("C", bound=_Section)
 
 
 class EdgeSection(_Section):
@@ -324,14 +327,24 @@ def load_edge_config(
     overrides: Mapping[str, Any] | None = None,
 ) -> EdgeConfig:
     """Build the edge config: TOML file, then environment, then explicit overrides (CLI flags)."""
+    return _layered(EdgeConfig, ENV_PREFIX, path, environ, overrides)
+
+
+def _layered(
+    model: type[C],
+    prefix: str,
+    path: Path | None,
+    environ: Mapping[str, str] | None,
+    overrides: Mapping[str, Any] | None,
+) -> C:
     data: dict[str, Any] = {}
     if path is not None:
         with path.open("rb") as fh:
             data = tomllib.load(fh)
-    data = deep_merge(data, env_overrides(os.environ if environ is None else environ))
+    data = deep_merge(data, env_overrides(os.environ if environ is None else environ, prefix=prefix))
     if overrides:
         data = deep_merge(data, overrides)
-    return EdgeConfig.model_validate(data)
+    return model.model_validate(data)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -453,11 +466,4 @@ def load_hub_config(
     ``EDGEKITE_HUB_STORAGE__BACKEND=clickhouse`` sets ``storage.backend``: a prefix of its own,
     so an edge and a hub started from one shell never read each other's variables.
     """
-    data: dict[str, Any] = {}
-    if path is not None:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    data = deep_merge(data, env_overrides(os.environ if environ is None else environ, prefix=HUB_ENV_PREFIX))
-    if overrides:
-        data = deep_merge(data, overrides)
-    return HubConfig.model_validate(data)
+    return _layered(HubConfig, HUB_ENV_PREFIX, path, environ, overrides)

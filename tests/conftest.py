@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import pytest
 
@@ -121,7 +121,7 @@ def db_rows(db_path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple
         conn.close()
 
 
-_RUNNING_EDGES: list[EdgeProcess] = []
+_RUNNING_EDGES: list[ServiceProcess] = []
 
 
 @pytest.fixture(autouse=True)
@@ -139,8 +139,15 @@ def _no_edge_outlives_its_test() -> Iterator[None]:
     del _RUNNING_EDGES[first:]
 
 
-class EdgeProcess:
-    """``edgekite edge`` as a real child process, for crash tests (kill -9) and CLI tests."""
+class ServiceProcess:
+    """An ``edgekite`` service as a real child process, for crash (kill -9) and end-to-end tests.
+
+    Started with ``start()``, which returns once the service printed its "ready" line (kept in
+    ``ready_line``, with the HTTP URL in ``http_url``); stderr goes to ``log_path``.
+    """
+
+    command = ""
+    running: ClassVar[list[ServiceProcess]] = []  # a subclass's own list, for its autouse cleanup
 
     def __init__(self, data_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
@@ -148,34 +155,49 @@ class EdgeProcess:
         self.env = env
         self.proc: subprocess.Popen[str] | None = None
         self.ready_line = ""
-        self.log_path = data_dir.parent / f"{data_dir.name}-edge.log"
+        self.http_url = ""
+        self.log_path = data_dir.parent / f"{data_dir.name}-{self.command}.log"
 
-    def start(self, timeout: float = 20.0) -> EdgeProcess:
+    def argv(self) -> list[str]:
+        return list(self.args)
+
+    def start(self, timeout: float = 20.0) -> Self:
         import os
+        import re
         import sys
 
         env = {**os.environ, **(self.env or {})}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("a")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edgekite.cli", "edge", "--data-dir", str(self.data_dir), *self.args],
+            [
+                sys.executable,
+                "-m",
+                "edgekite.cli",
+                self.command,
+                "--data-dir",
+                str(self.data_dir),
+                *self.argv(),
+            ],
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,
             env=env,
         )
-        _RUNNING_EDGES.append(self)
+        self.running.append(self)
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             line = self.proc.stdout.readline()
             if "ready" in line:
                 self.ready_line = line.strip()
+                match = re.search(r"HTTP (http://\S+)", line)
+                self.http_url = match.group(1) if match else ""
                 return self
             if not line and self.proc.poll() is not None:
                 break
         self.proc.kill()
-        raise RuntimeError(f"edge did not become ready; log:\n{self.log_path.read_text()[-3000:]}")
+        raise RuntimeError(f"{self.command} did not become ready; log:\n{self.log_path.read_text()[-3000:]}")
 
     def kill9(self) -> None:
         assert self.proc is not None
@@ -187,12 +209,19 @@ class EdgeProcess:
         self.proc.terminate()
         return self.proc.wait(timeout)
 
+
+class EdgeProcess(ServiceProcess):
+    """``edgekite edge``."""
+
+    command = "edge"
+    running: ClassVar[list[ServiceProcess]] = _RUNNING_EDGES
+
     @property
     def db_path(self) -> Path:
         return self.data_dir / "edge.db"
 
 
-_RUNNING_HUBS: list[HubProcess] = []
+_RUNNING_HUBS: list[ServiceProcess] = []
 
 
 @pytest.fixture(autouse=True)
@@ -207,63 +236,19 @@ def _no_hub_outlives_its_test() -> Iterator[None]:
     del _RUNNING_HUBS[first:]
 
 
-class HubProcess:
-    """``edgekite hub`` as a real child process (chDB in ``data_dir``), for crash and end-to-end tests.
+class HubProcess(ServiceProcess):
+    """``edgekite hub`` (chDB in ``data_dir``).
 
     ``HubProcess(data_dir, "--mqtt-url", url, env={...}).start()``; ``--http-port 0`` is added
-    unless given, and ``http_url`` is parsed from the ready line. Hub settings beyond the flags
-    go in ``env`` as ``EDGEKITE_HUB_<SECTION>__<KEY>`` variables.
+    unless given. Hub settings beyond the flags go in ``env`` as ``EDGEKITE_HUB_<SECTION>__<KEY>``.
     """
 
-    def __init__(self, data_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
-        self.data_dir = data_dir
-        self.args = args
-        self.env = env
-        self.proc: subprocess.Popen[str] | None = None
-        self.ready_line = ""
-        self.http_url = ""
-        self.log_path = data_dir.parent / f"{data_dir.name}-hub.log"
+    command = "hub"
+    running: ClassVar[list[ServiceProcess]] = _RUNNING_HUBS
 
-    def start(self, timeout: float = 30.0) -> HubProcess:
-        import os
-        import re
-        import sys
-
-        env = {**os.environ, **(self.env or {})}
+    def argv(self) -> list[str]:
         args = list(self.args)
-        if "--http-port" not in args:
-            args += ["--http-port", "0"]
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("a")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edgekite.cli", "hub", "--data-dir", str(self.data_dir), *args],
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-            env=env,
-        )
-        _RUNNING_HUBS.append(self)
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if "ready" in line:
-                self.ready_line = line.strip()
-                match = re.search(r"HTTP (http://\S+)", line)
-                assert match, line
-                self.http_url = match.group(1)
-                return self
-            if not line and self.proc.poll() is not None:
-                break
-        self.proc.kill()
-        raise RuntimeError(f"hub did not become ready; log:\n{self.log_path.read_text()[-3000:]}")
+        return args if "--http-port" in args else [*args, "--http-port", "0"]
 
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(10)
-
-    def terminate(self, timeout: float = 30.0) -> int:
-        assert self.proc is not None
-        self.proc.terminate()
-        return self.proc.wait(timeout)
+    def start(self, timeout: float = 30.0) -> Self:
+        return super().start(timeout)
