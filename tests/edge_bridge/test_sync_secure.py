@@ -108,7 +108,10 @@ def test_an_edge_syncs_over_tls_with_its_certificate_and_credentials_and_cannot_
     assert not sync_status(bare)["connected"]
     bare.terminate()
 
-    _, _, text = http("GET", f"{edge_http(edge)}/metrics")
-    assert metric(text, "edgekite_sync_events_synced_total") == 300
+    wait_for(
+        lambda: (
+            metric(http("GET", f"{edge_http(edge)}/metrics")[2], "edgekite_sync_events_synced_total") == 300
+        )
+    )
     edge.terminate()
     hub.terminate()
