@@ -283,23 +283,27 @@ class EnrichmentConsumer:
 
     def fetch(self) -> list[dict[str, Any]]:
         """The next raw rows after the watermark (deduplicated); [] when caught up. Store thread."""
+        return self.fetch_later()()
+
+    def fetch_later(self) -> Callable[[], list[dict[str, Any]]]:
+        """:meth:`fetch`, with the rows' conversion to Python left to the caller's thread."""
         state = self._load()
         with_vid = raw_has_visitor_id(self.store)
         self._refresh_salts()
         upper = self.clock() - self.lag_ms
         wm = state.watermark
         if upper <= wm.at_ms:
-            return []
+            return lambda: []
         sql = (
             raw_select(self.store.database, with_vid)
             + " WHERE hub_received_at <= fromUnixTimestamp64Milli({upper:Int64}, 'UTC') AND "
             + AFTER_WATERMARK
             + " ORDER BY hub_received_at, event_id LIMIT 1 BY event_id LIMIT {n:UInt32}"
         )
-        rows = self.store.query_rows(
+        rows = self.store.query_rows_later(
             sql, {"upper": upper, "wm_at": wm.at_ms, "wm_id": wm.event_id, "n": self.batch_rows}
         )
-        return rows_to_dicts(rows, with_vid) if rows else []
+        return lambda: rows_to_dicts(rows(), with_vid)
 
     def transform(self, raw: Sequence[Mapping[str, Any]]) -> Any:
         """The enriched Arrow table of ``raw``: pure CPU, any thread (not the store's, so ingest's
@@ -334,10 +338,12 @@ class EnrichmentConsumer:
         return self.commit(raw, self.transform(raw))
 
     async def _step_async(self) -> int:
-        raw = await self.store.run(self.fetch)
+        later = await self.store.run(self.fetch_later)
+        loop = asyncio.get_running_loop()
+        raw = await loop.run_in_executor(None, later)
         if not raw:
             return 0
-        tbl = await asyncio.get_running_loop().run_in_executor(None, self.transform, raw)
+        tbl = await loop.run_in_executor(None, self.transform, raw)
         return await self.store.run(self.commit, raw, tbl)
 
     def sweep(self) -> int:

@@ -208,6 +208,33 @@ class HubStore:
             except Exception as exc:
                 raise StorageError(str(exc)) from exc
 
+    def query_rows_later(
+        self, sql: str, params: Mapping[str, Any] | None = None
+    ) -> Callable[[], list[tuple[Any, ...]]]:
+        """Run the query now, turn its result into Python rows later, on the caller's thread.
+
+        For large reads (the enrichment consumer's 20,000 rows): the store thread only runs the
+        query, and the Python conversion (the costly part) happens off it, while inserts go on.
+        """
+        with self._lock:
+            try:
+                if self._session is not None:
+                    raw = self._session.query(sql, "JSONCompact", params=_chdb_params(params)).bytes()
+                    return lambda: [tuple(r) for r in orjson.loads(raw)["data"]] if raw else []
+                if self._client is not None:
+                    rows = [
+                        tuple(r)
+                        for r in self._client.query(
+                            sql, parameters=dict(params) if params else None
+                        ).result_rows
+                    ]
+                    return lambda: rows
+                raise StorageError("the hub store is not open")
+            except StorageError:
+                raise
+            except Exception as exc:
+                raise StorageError(str(exc)) from exc
+
     def insert_arrow(self, table: str, tbl: pa.Table, dedup_token: str | None = None) -> None:
         """Insert an Arrow table; a token already seen in the dedup window makes it a no-op."""
         if tbl.num_rows == 0:
