@@ -435,25 +435,39 @@ async def get_edge(request: web.Request) -> web.Response:
     from_ms, to_ms = _period(request, default_days=30)
     db = request.app[CTX].store.database
     params = {"edge_id": edge_id, "from": from_ms, "to": to_ms}
-    latest, (ledger, known, days, sources, beats) = await _query(
+    latest, (ledger, known, days, beats) = await _query(
         request,
         [
             (aq.edge_ledger_sql(db), params),
             (aq.edge_known_sql(db), params),
             (aq.edge_days_sql(db), params),
-            (aq.edge_sources_sql(db), params),
             (aq.edge_heartbeats_sql(db), params),
         ],
     )
     batches, last_seen, backlog = ledger[0] if ledger else (0, 0, 0)
     if not int(batches) and not (known and int(known[0][0])):
         raise ApiError(404, "not_found", f"no edge {edge_id!r} has sent anything to this hub")
-    per_day = [{"day": int(d), "events": int(n)} for k, d, n, _ in days if int(k) == 0]
-    lag = [
-        {"day": int(d), "events": int(n), "p50_ms": int(q[0]), "p95_ms": int(q[1]), "p99_ms": int(q[2])}
-        for k, d, n, q in days
-        if int(k) == 1
-    ]
+    events_per_day: dict[int, int] = {}
+    per_source: dict[str, list[int]] = {}
+    lag = []
+    for k, d, s, n, q, last in days:  # ordered by kind, day, source
+        if int(k) == 0:
+            events_per_day[int(d)] = events_per_day.get(int(d), 0) + int(n)
+            acc = per_source.setdefault(str(s), [0, int(last)])
+            acc[0] += int(n)
+            acc[1] = max(acc[1], int(last))
+        else:
+            lag.append(
+                {
+                    "day": int(d),
+                    "events": int(n),
+                    "p50_ms": int(q[0]),
+                    "p95_ms": int(q[1]),
+                    "p99_ms": int(q[2]),
+                }
+            )
+    per_day = [{"day": d, "events": n} for d, n in events_per_day.items()]
+    sources = sorted(per_source.items(), key=lambda item: (-item[1][0], item[0]))[: aq.EDGE_SOURCES_MAX]
     heartbeats = [dict(zip(aq.HEARTBEAT_COLUMNS, r, strict=True)) for r in beats]
     for h in heartbeats:
         h["last_heartbeat_at"] = int(h["last_heartbeat_at"])
@@ -466,7 +480,7 @@ async def get_edge(request: web.Request) -> web.Response:
         "events_per_day": per_day,
         "sync_lag": lag,
         "heartbeats": heartbeats,
-        "sources": [{"source_id": s, "events": int(n), "last_seen": int(t)} for s, n, t in sources],
+        "sources": [{"source_id": s, "events": n, "last_seen": t} for s, (n, t) in sources],
     }
     table: Table = (("day", "events"), [[d["day"], d["events"]] for d in per_day])
     return _respond(request, f"edge-{edge_id}", body, table, latest_ms=latest, from_ms=from_ms, to_ms=to_ms)

@@ -18,12 +18,18 @@ what the question needs, with the views' definitions (docs/metrics.md):
 - filters select **visits** by the visit's attribute (its landing page view's: Umami's rule), or
   for ``path`` visits that viewed that path; the events of a matching visit are then counted.
 
-The IoT and fleet builders read the raw ``events`` table with the period in the innermost
-``SELECT`` and ``LIMIT 1 BY event_id`` (the hub's rule for the raw table).
+The site's sources are a pre-filter of the innermost ``SELECT`` (``source_id`` is in the table's
+sorting key, ``site`` is not), so ``FINAL`` merges only the site's rows, and visits are cut with
+array functions over each visitor's sorted events, not window functions (see :func:`_visits`).
+
+The IoT and fleet builders read the raw ``events`` table with the period and the filters in the
+innermost ``SELECT`` and one row per ``event_id`` (the hub's rule for the raw table): ``LIMIT 1 BY
+event_id`` for the IoT rows, ``GROUP BY event_id`` (parallel) for an edge's millions of rows.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,6 +116,13 @@ class WebQuery:
             f"observed_at < {_ts('to')}",
         ]
         if self.site is not None:
+            # The site's own sources first: ``source_id`` is in the sorting key, so the primary key
+            # prunes to them before FINAL merges (``site`` is derived and has only a skip index).
+            # The sources of any stored copy with that site (no FINAL): a superset, so exact.
+            where.append(
+                f"source_id IN (SELECT DISTINCT source_id FROM {self.db}.events_enriched "
+                "WHERE category = 'web' AND site = {site:String})"
+            )
             where.append("site = {site:String}")
         if not self.include_bots:
             where.append("is_bot = 0")
@@ -121,57 +134,82 @@ def _events_from(q: WebQuery, columns: list[str], *, lookback: bool, extra_where
     return f"SELECT {', '.join(columns)} FROM {q.db}.events_enriched FINAL WHERE {where}"
 
 
-def _visits(q: WebQuery, landing: list[str], *, events: str, need_exit: bool = False) -> str:
+Fields = dict[str, str]
+"""Column name -> its expression on one event ``x`` of a visit's array (see :func:`_visits`)."""
+
+
+def _visits(
+    q: WebQuery,
+    landing: list[str],
+    *,
+    events: Callable[[Fields], str],
+    per_event: Sequence[str] = (),
+    need_entry: bool = False,
+    need_exit: bool = False,
+) -> str:
     """One row per visit (and per unknown-visitor event) with ``start``, ``dur_s``, ``pv``, ``pv_in``
     (page views observed in the period), ``ev_in``, the landing attributes ``v_<column>`` of
-    ``landing`` (+ ``entry_path``/``exit_path``) and ``evs``: an array built by the expression
-    ``events`` over the visit's events in the period. Filters applied (``HAVING``)."""
+    ``landing`` (+ ``entry_path``/``exit_path`` if asked) and ``evs``: an array of
+    ``events(fields)`` over the visit's events in the period, where ``fields`` maps ``t``,
+    ``is_pv``, ``url_path`` and the columns of ``landing``/``per_event`` to their expressions on
+    the event ``x``. Filters applied.
+
+    Sessionised without window functions: one ``GROUP BY`` visitor collects the visitor's events
+    as one array sorted by ``(t, event_id)`` (the order the views use; by ``t`` alone when no
+    landing/entry/exit attribute is asked for, as then ties change nothing), ``arraySplit`` cuts
+    it at gaps > 30 min, and each visit's numbers are array functions over its slice: the first
+    event is the start, the first page view (else the first event) the landing one, the last page
+    view the exit. Only the columns the question needs are collected. Visitors without an event
+    in the period are dropped (their visits count nowhere).
+    """
     filter_cols = [FILTER_COLUMNS[n] for n in q.filters if n in FILTER_COLUMNS]
-    attrs = sorted(set(landing) | set(filter_cols))
-    inner_cols = ["site", "visitor_id", "is_bot", "event_id", "t", "is_pv", *attrs]
-    if "url_path" not in inner_cols:
-        inner_cols.append("url_path")
-    base_cols = [
-        "site",
-        "visitor_id",
-        "is_bot",
-        "event_id",
-        "toUnixTimestamp64Milli(observed_at) AS t",
-        "type = 'page_view' AS is_pv",
-        *inner_cols[6:],
-    ]
-    base = _events_from(q, base_cols, lookback=True)
-    window = "PARTITION BY site, visitor_id, is_bot ORDER BY t, event_id"
-    sessionised = f"""SELECT *,
-        sum(new_visit) OVER ({window} ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS visit_no
-    FROM (
-        SELECT *, toUInt8(visitor_id = 0 OR t - lagInFrame(t, 1, toInt64(0)) OVER (
-            {window} ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) > {VISIT_GAP_MS}) AS new_visit
-        FROM ({base})
-    )"""
-    key = "(NOT is_pv, t, event_id)"
+    attrs = sorted((set(landing) | set(filter_cols) | set(per_event)) - {"url_path"})
+    ordered = bool(landing or filter_cols or need_entry or need_exit)
+    cols = ["t", "is_pv"]
+    if ordered:
+        cols.append("event_id")
+    if need_entry or need_exit or "path" in q.filters or "url_path" in per_event:
+        cols.append("url_path")
+    cols += attrs
+    index = {c: i for i, c in enumerate(cols, start=1)}
+    fields: Fields = {c: f"x.{i}" for c, i in index.items()}
+    exprs = {"t": "toUnixTimestamp64Milli(observed_at) AS t", "is_pv": "type = 'page_view' AS is_pv"}
+    base = _events_from(q, ["site", "visitor_id", "is_bot", *[exprs.get(c, c) for c in cols]], lookback=True)
+    sort_key = "(x.1, x.3)" if ordered else "x.1"
+    per_visitor = f"""SELECT site, visitor_id, is_bot,
+        arraySort(x -> {sort_key}, groupArray(({", ".join(cols)}))) AS ev,
+        arraySplit((x, gap) -> visitor_id = 0 OR gap > {VISIT_GAP_MS}, ev,
+            arrayDifference(arrayMap(x -> x.1, ev))) AS vs
+    FROM ({base}) GROUP BY site, visitor_id, is_bot HAVING max(t) >= {{from:Int64}}"""
     selects = [
         "site",
         "visitor_id",
         "is_bot",
         "visit_no",
-        "min(t) AS start",
-        "intDiv(max(t) - min(t), 1000) AS dur_s",
-        "countIf(is_pv) AS pv",
-        "countIf(is_pv AND t >= {from:Int64}) AS pv_in",
-        "countIf(t >= {from:Int64}) AS ev_in",
-        "argMinIf(url_path, (t, event_id), is_pv) AS entry_path",
-        *[f"argMin({c}, {key}) AS v_{c}" for c in attrs],
-        f"groupArrayIf({events}, t >= {{from:Int64}}) AS evs",
+        "v[1].1 AS start",
+        "intDiv(v[-1].1 - start, 1000) AS dur_s",
+        "arrayCount(x -> x.2, v) AS pv",
+        "arrayCount(x -> x.2 AND x.1 >= {from:Int64}, v) AS pv_in",
+        "arrayCount(x -> x.1 >= {from:Int64}, v) AS ev_in",
+        *[
+            f"tupleElement(v[if(pv > 0, arrayFirstIndex(x -> x.2, v), 1)], {index[c]}) AS v_{c}"
+            for c in attrs
+            if c in landing or c in filter_cols
+        ],
+        f"arrayMap(x -> {events(fields)}, arrayFilter(x -> x.1 >= {{from:Int64}}, v)) AS evs",
     ]
+    if need_entry:
+        selects.append(f"tupleElement(arrayFirst(x -> x.2, v), {index['url_path']}) AS entry_path")
     if need_exit:
-        selects.append("argMaxIf(url_path, (t, event_id), is_pv) AS exit_path")
-    having = [f"v_{FILTER_COLUMNS[n]} = {{f_{n}:String}}" for n in q.filters if n in FILTER_COLUMNS]
+        selects.append(f"tupleElement(arrayLast(x -> x.2, v), {index['url_path']}) AS exit_path")
+    where = [f"v_{FILTER_COLUMNS[n]} = {{f_{n}:String}}" for n in q.filters if n in FILTER_COLUMNS]
     if "path" in q.filters:
-        having.append("countIf(is_pv AND url_path = {f_path:String}) > 0")
-    sql = f"SELECT {', '.join(selects)} FROM ({sessionised}) GROUP BY site, visitor_id, is_bot, visit_no"
-    if having:
-        sql += " HAVING " + " AND ".join(having)
+        where.append(f"arrayExists(x -> x.2 AND x.{index['url_path']} = {{f_path:String}}, v)")
+    sql = f"""SELECT {", ".join(selects)}
+FROM ({per_visitor})
+ARRAY JOIN vs AS v, arrayEnumerate(vs) AS visit_no"""
+    if where:
+        sql += " WHERE " + " AND ".join(where)
     return sql
 
 
@@ -179,7 +217,9 @@ def overview_sql(q: WebQuery) -> tuple[str, dict[str, Any]]:
     """Rows ``(is_total, t, pageviews, visitors, visits, bounces, total_duration)``: one per bucket
     of the interval (hour or day, UTC) and one total row (``is_total = 1``)."""
     step = q.interval_ms()
-    visits = _visits(q, [], events=f"(toInt64(intDiv(t, {step}) * {step}), toUInt8(is_pv))")
+    visits = _visits(
+        q, [], events=lambda f: f"(toInt64(intDiv({f['t']}, {step}) * {step}), toUInt8({f['is_pv']}))"
+    )
     per_row = f"""arrayJoin(arrayConcat(
             arrayMap(x -> (x.1, x.2, toUInt8(visitor_id != 0), toUInt8(0), toUInt8(0), toUInt64(0)), evs),
             if(start >= {{from:Int64}} AND visitor_id != 0,
@@ -224,13 +264,7 @@ FROM ({base}) GROUP BY value ORDER BY {order} LIMIT {{limit:UInt32}}"""
         return sql, params
     if dim in EVENT_DIMS:
         col = EVENT_DIMS[dim]
-        events = f"({col}, toUInt8(is_pv))"
-        visits = _visits(q, [] if col == "url_path" else [col], events=events)
-        if col != "url_path":
-            # the column is needed per event, not only as the landing attribute
-            visits = visits.replace(
-                f"argMin({col}, (NOT is_pv, t, event_id)) AS v_{col}", f"any({col}) AS v_{col}"
-            )
+        visits = _visits(q, [], events=lambda f: f"({f[col]}, toUInt8({f['is_pv']}))", per_event=[col])
         pv_only = "WHERE x.2 = 1" if dim == "page" else ""
         sql = f"""SELECT x.1 AS value, uniqExactIf(visitor_id, visitor_id != 0) AS visitors,
     sum(x.2) AS pageviews, toUInt64(0) AS visits
@@ -239,13 +273,19 @@ GROUP BY value ORDER BY {order} LIMIT {{limit:UInt32}}"""
         return sql, params
     col = VISIT_DIMS[dim]
     if dim in ("entry_page", "exit_page"):
-        visits = _visits(q, [], events="toUInt8(1)", need_exit=dim == "exit_page")
+        visits = _visits(
+            q,
+            [],
+            events=lambda f: "toUInt8(1)",
+            need_entry=dim == "entry_page",
+            need_exit=dim == "exit_page",
+        )
         sql = f"""SELECT {col} AS value, uniqExact(visitor_id) AS visitors, sum(pv_in) AS pageviews,
     count() AS visits
 FROM ({visits}) WHERE visitor_id != 0 AND start >= {{from:Int64}} AND pv > 0
 GROUP BY value ORDER BY visits DESC, visitors DESC, value LIMIT {{limit:UInt32}}"""
         return sql, params
-    visits = _visits(q, [col], events="toUInt8(1)")
+    visits = _visits(q, [col], events=lambda f: "toUInt8(1)")
     sql = f"""SELECT v_{col} AS value, uniqExactIf(visitor_id, visitor_id != 0) AS visitors,
     sum(pv_in) AS pageviews, countIf(visitor_id != 0 AND start >= {{from:Int64}}) AS visits
 FROM ({visits}) WHERE ev_in > 0
@@ -318,11 +358,16 @@ GROUP BY cohort, n ORDER BY cohort, n"""
 
 # -- IoT -------------------------------------------------------------------------------------------
 
-_SITE_EXPR = (
-    "multiIf(JSONExtractString(data, 'site') != '', JSONExtractString(data, 'site'), "
-    "JSONExtractString(source_metadata, 'site_id') != '', JSONExtractString(source_metadata, 'site_id'), "
-    "source_id)"
-)
+
+def _site_expr(data: str, metadata: str, source_id: str) -> str:
+    return (
+        f"multiIf(JSONExtractString({data}, 'site') != '', JSONExtractString({data}, 'site'), "
+        f"JSONExtractString({metadata}, 'site_id') != '', JSONExtractString({metadata}, 'site_id'), "
+        f"{source_id})"
+    )
+
+
+_SITE_EXPR = _site_expr("data", "source_metadata", "source_id")
 _CAMERA_EXPR = (
     "if(JSONExtractString(data, 'camera_id') != '', JSONExtractString(data, 'camera_id'), source_id)"
 )
@@ -357,26 +402,35 @@ class IotQuery:
 
 
 def detections_sql(q: IotQuery, label: str | None, step_ms: int, limit: int) -> tuple[str, dict[str, Any]]:
-    """Rows ``(t, camera_id, label, detections, avg_confidence, max_confidence)``."""
+    """Rows ``(t, camera_id, label, detections, avg_confidence, max_confidence)``.
+
+    The site/camera/label filters are in the innermost ``WHERE`` (before ``LIMIT 1 BY``: the
+    copies of an event carry the same payload, so they pass or fail together), and ``site`` is
+    parsed only when filtered on."""
     params = {**q.params(), "limit": limit}
-    outer = []
-    if q.site is not None:
-        outer.append("site = {site:String}")
-    if q.source is not None:
-        outer.append("camera_id = {source:String}")
-    if label is not None:
-        outer.append("label = {label:String}")
-        params["label"] = label
-    inner = f"""SELECT toUnixTimestamp64Milli(observed_at) AS t_ms, {_SITE_EXPR} AS site,
+    conds = _detection_filters(q, label, params)
+    inner = f"""SELECT toUnixTimestamp64Milli(observed_at) AS t_ms,
         {_CAMERA_EXPR} AS camera_id, {_LABEL_EXPR} AS label,
         JSONExtractFloat(data, 'confidence') AS confidence
-    FROM {q.db}.events WHERE {q.where("endsWith(type, '_detected')")}
+    FROM {q.db}.events WHERE {" AND ".join([q.where("endsWith(type, '_detected')"), *conds])}
     LIMIT 1 BY event_id"""
     sql = f"""SELECT intDiv(t_ms, {step_ms}) * {step_ms} AS t, camera_id, label, count() AS detections,
     avg(confidence) AS avg_confidence, max(confidence) AS max_confidence
-FROM ({inner}) {"WHERE " + " AND ".join(outer) if outer else ""}
+FROM ({inner})
 GROUP BY t, camera_id, label ORDER BY t, camera_id, label LIMIT {{limit:UInt32}}"""
     return sql, params
+
+
+def _detection_filters(q: IotQuery, label: str | None, params: dict[str, Any]) -> list[str]:
+    conds = []
+    if q.site is not None:
+        conds.append(f"{_SITE_EXPR} = {{site:String}}")
+    if q.source is not None:
+        conds.append(f"{_CAMERA_EXPR} = {{source:String}}")
+    if label is not None:
+        conds.append(f"{_LABEL_EXPR} = {{label:String}}")
+        params["label"] = label
+    return conds
 
 
 INCIDENT_COLUMNS: tuple[str, ...] = (
@@ -407,25 +461,45 @@ def incidents_sql(q: IotQuery, label: str | None, limit: int) -> tuple[str, dict
     if label is not None:
         having.append("has(labels, {label:String})")
         params["label"] = label
-    inner = f"""SELECT event_id, toUnixTimestamp64Milli(observed_at) AS t_ms, edge_id, {_SITE_EXPR} AS site,
-        {_CAMERA_EXPR} AS camera_id, {_LABEL_EXPR} AS label,
-        JSONExtractFloat(data, 'confidence') AS confidence,
-        ifNull(incident_id, '') AS incident_id
-    FROM {q.db}.events WHERE {q.where("endsWith(type, '_detected')")}
-    LIMIT 1 BY event_id"""
-    win = "PARTITION BY camera_id, incident_id = '' ORDER BY t_ms, event_id"
-    keyed = f"""SELECT *,
-        if(incident_id != '', incident_id, concat(camera_id, '#', toString(sum(new_run) OVER (
-            {win} ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)))) AS incident_key
-    FROM (SELECT *, toUInt32(t_ms - lagInFrame(t_ms, 1, toInt64(0)) OVER (
-            {win} ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) > 60000) AS new_run FROM ({inner}))"""
-    sql = f"""SELECT incident_key, any(site) AS site, min(t_ms) AS first_seen, max(t_ms) AS last_seen,
-    toUInt32(intDiv(max(t_ms) - min(t_ms), 1000)) AS duration, count() AS detections,
-    arraySort(groupUniqArray(camera_id)) AS cameras, arraySort(groupUniqArray(edge_id)) AS edges,
-    arraySort(groupUniqArray(label)) AS labels, max(confidence) AS max_confidence,
-    avg(confidence) AS avg_confidence, max(incident_id != '') AS correlated
-FROM ({keyed}) GROUP BY incident_key
-{"HAVING " + " AND ".join(having) if having else ""}
+    base = q.where("endsWith(type, '_detected')")
+    where = base
+    if q.source is not None:
+        # Only the incidents the camera is part of: its own runs of uncorrelated detections (runs
+        # are per camera) and every detection of a correlated incident it has a detection in.
+        where += f""" AND if(ifNull(incident_id, '') = '', {_CAMERA_EXPR} = {{source:String}},
+            incident_id IN (SELECT incident_id FROM {q.db}.events WHERE {base}
+                AND ifNull(incident_id, '') != '' AND {_CAMERA_EXPR} = {{source:String}}))"""
+    cols = f"""event_id, toUnixTimestamp64Milli(observed_at) AS t_ms, edge_id,
+        (data, source_metadata, source_id) AS sd, {_CAMERA_EXPR} AS camera_id, {_LABEL_EXPR} AS label,
+        JSONExtractFloat(data, 'confidence') AS confidence, ifNull(incident_id, '') AS incident_id"""
+    names = "event_id, t_ms, edge_id, sd, camera_id, label, confidence, incident_id"
+
+    def rows(correlated: bool) -> str:
+        # the copies of an event share incident_id: each is in one branch only
+        kind = "!=" if correlated else "="
+        return f"""SELECT {cols} FROM {q.db}.events WHERE {where} AND ifNull(incident_id, '') {kind} ''
+        LIMIT 1 BY event_id"""
+
+    # Window functions only over the uncorrelated detections (runs per camera); a correlated
+    # detection's incident is its incident_id.
+    win = "PARTITION BY camera_id ORDER BY t_ms, event_id"
+    runs = f"""SELECT {names}, concat(camera_id, '#', toString(sum(new_run) OVER (
+            {win} ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW))) AS incident_key
+        FROM (SELECT *, toUInt32(t_ms - lagInFrame(t_ms, 1, toInt64(0)) OVER (
+            {win} ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) > 60000) AS new_run FROM ({rows(False)}))"""
+    keyed = f"SELECT {names}, incident_id AS incident_key FROM ({rows(True)}) UNION ALL {runs}"
+    # The site of an incident: any of its detections' (parsed once per incident, not per row).
+    site = _site_expr("sd.1", "sd.2", "sd.3")
+    sql = f"""SELECT incident_key, {site} AS site, first_seen, last_seen, duration, detections, cameras,
+    edges, labels, max_confidence, avg_confidence, correlated
+FROM (
+    SELECT incident_key, any(sd) AS sd, min(t_ms) AS first_seen, max(t_ms) AS last_seen,
+        toUInt32(intDiv(max(t_ms) - min(t_ms), 1000)) AS duration, count() AS detections,
+        arraySort(groupUniqArray(camera_id)) AS cameras, arraySort(groupUniqArray(edge_id)) AS edges,
+        arraySort(groupUniqArray(label)) AS labels, max(confidence) AS max_confidence,
+        avg(confidence) AS avg_confidence, max(incident_id != '') AS correlated
+    FROM ({keyed}) GROUP BY incident_key)
+{"WHERE " + " AND ".join(having) if having else ""}
 ORDER BY first_seen DESC, incident_key LIMIT {{limit:UInt32}}"""
     return sql, params
 
@@ -453,6 +527,9 @@ GROUP BY t, source_id, metric ORDER BY t, source_id, metric LIMIT {{limit:UInt32
 
 # -- fleet -----------------------------------------------------------------------------------------
 
+EDGE_SOURCES_MAX = 1000
+"""Sources listed per edge (the busiest first)."""
+
 
 def edge_ledger_sql(db: str) -> str:
     """``(batches, last_seen_ms, backlog_reported)`` of one edge from the batch ledger."""
@@ -461,29 +538,28 @@ FROM {db}.batches FINAL WHERE edge_id = {{edge_id:String}}"""
 
 
 def edge_days_sql(db: str) -> str:
-    """Rows ``(kind, day_ms, events, p50, p95, p99)``: kind 0 = events per day of the edge's
-    ``received_at``; kind 1 = sync lag percentiles per day of ``hub_received_at``; one pass over
-    the edge's events received by the hub in the period, one row per ``event_id``."""
-    inner = f"""SELECT toUnixTimestamp64Milli(received_at) AS r_ms,
-        toUnixTimestamp64Milli(hub_received_at) AS h_ms,
-        h_ms - toUnixTimestamp64Milli(observed_at) AS lag_ms
+    """Rows ``(kind, day_ms, source_id, events, [p50, p95, p99], last_seen_ms)`` of the edge's events
+    received by the hub in the period, one per ``event_id``, in one pass: kind 0 = events per day
+    of the edge's ``received_at`` and source (``last_seen_ms``: the source's newest
+    ``observed_at`` that day), kind 1 = sync lag percentiles per day of ``hub_received_at``
+    (``source_id`` empty). The route sums kind 0 into events per day and per source.
+
+    One row per ``event_id`` by ``GROUP BY event_id`` (a parallel hash aggregation) instead of
+    ``LIMIT 1 BY event_id`` (single-threaded): both keep one arbitrary stored copy of each event;
+    ``hub_received_at`` is taken from one copy and the lag computed from it."""
+    inner = f"""SELECT any(toUnixTimestamp64Milli(received_at)) AS r_ms,
+        any(toUnixTimestamp64Milli(hub_received_at)) AS h_ms,
+        any(toUnixTimestamp64Milli(observed_at)) AS o_ms, any(toString(source_id)) AS src
     FROM {db}.events WHERE edge_id = {{edge_id:String}}
         AND hub_received_at >= {_ts("from")} AND hub_received_at < {_ts("to")}
-    LIMIT 1 BY event_id"""
-    return f"""SELECT k, d, count() AS events, quantilesExactIf(0.5, 0.95, 0.99)(lag_ms, k = 1) AS q FROM (
-    SELECT arrayJoin([(0, intDiv(r_ms, {DAY_MS}) * {DAY_MS}), (1, intDiv(h_ms, {DAY_MS}) * {DAY_MS})]) AS kd,
-        kd.1 AS k, kd.2 AS d, lag_ms FROM ({inner}))
-GROUP BY k, d ORDER BY k, d"""
-
-
-def edge_sources_sql(db: str) -> str:
-    """Rows ``(source_id, events, last_seen_ms)`` of the edge's events observed in the period."""
-    return f"""SELECT source_id, count() AS events, toUnixTimestamp64Milli(max(observed_at)) AS last_seen
+    GROUP BY event_id"""
+    return f"""SELECT k, d, s, count() AS events, quantilesExactIf(0.5, 0.95, 0.99)(h_ms - o_ms, k = 1) AS q,
+    max(o_ms) AS last_seen
 FROM (
-    SELECT source_id, observed_at FROM {db}.events WHERE edge_id = {{edge_id:String}}
-        AND hub_received_at >= {_ts("from")} AND hub_received_at < {_ts("to")}
-    LIMIT 1 BY event_id)
-GROUP BY source_id ORDER BY events DESC, source_id LIMIT 1000"""
+    SELECT arrayJoin([(0, intDiv(r_ms, {DAY_MS}) * {DAY_MS}, src),
+            (1, intDiv(h_ms, {DAY_MS}) * {DAY_MS}, '')]) AS kd, kd.1 AS k, kd.2 AS d, kd.3 AS s, h_ms, o_ms
+    FROM ({inner}))
+GROUP BY k, d, s ORDER BY k, d, s"""
 
 
 HEARTBEAT_COLUMNS: tuple[str, ...] = (
@@ -499,17 +575,21 @@ HEARTBEAT_COLUMNS: tuple[str, ...] = (
 
 
 def edge_heartbeats_sql(db: str) -> str:
-    """The ``fleet_heartbeats`` view's columns for one edge's sources, heartbeats observed in the period."""
-    return f"""SELECT source_id, any(source_type), toUnixTimestamp64Milli(max(observed_at)), count(),
-    argMax(JSONExtractUInt(data, 'uptime_seconds'), observed_at),
-    argMax(JSONExtractFloat(data, 'cpu_percent'), observed_at),
-    argMax(JSONExtractFloat(data, 'memory_percent'), observed_at),
-    argMax(JSONExtractFloat(data, 'disk_percent'), observed_at)
-FROM (
-    SELECT source_id, source_type, observed_at, data FROM {db}.events
-    WHERE type = 'heartbeat' AND edge_id = {{edge_id:String}}
-        AND observed_at >= {_ts("from")} AND observed_at < {_ts("to")}
-    LIMIT 1 BY event_id)
+    """The ``fleet_heartbeats`` view's columns for one edge's sources, heartbeats observed in the period.
+
+    Duplicates are harmless to ``max``/``argMax``/``any`` (the copies of an event are the same
+    heartbeat), so only the count deduplicates: distinct ``event_id`` per source. The vitals are
+    parsed from the newest heartbeat's ``data`` only, not from every row's."""
+    last = "argMax(data, observed_at)"
+    return f"""SELECT source_id, any(source_type), toUnixTimestamp64Milli(max(observed_at)),
+    uniqExact(event_id),
+    JSONExtractUInt({last}, 'uptime_seconds'),
+    JSONExtractFloat({last}, 'cpu_percent'),
+    JSONExtractFloat({last}, 'memory_percent'),
+    JSONExtractFloat({last}, 'disk_percent')
+FROM {db}.events
+WHERE type = 'heartbeat' AND edge_id = {{edge_id:String}}
+    AND observed_at >= {_ts("from")} AND observed_at < {_ts("to")}
 GROUP BY source_id ORDER BY source_id LIMIT 1000"""
 
 
