@@ -12,9 +12,7 @@ import contextlib
 import functools
 import http.server
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -27,34 +25,16 @@ from typing import Any
 
 import pytest
 
+from tests.browser import PageErrors, expect, needs_chromium, screenshot
+from tests.browser import browser as browser  # the module-scoped fixture, used by name
 from tests.conftest import EdgeProcess, free_port, wait_for
 
-if os.environ.get("CI"):  # CI installs both (scripts/setup dev): a missing one is a failure there
-    import playwright.sync_api as sync_api
-
-    assert Path(shutil.which("chromium") or "/usr/bin/chromium").exists(), "CI needs Debian's chromium"
-else:
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (dev extra)")
-expect = sync_api.expect
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
 SIM_COUNT = 300
 HOSTILE_COUNT = 3
 XSS_IMG = '<img src=x onerror="window.__xss=1">'
 XSS_SCRIPT = "<script>window.__xss=2</script>"
 
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(), reason="Debian package chromium is not installed"
-)
+pytestmark = needs_chromium
 
 
 @dataclass
@@ -139,33 +119,8 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
         stop_edge(running)
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-class PageErrors:
-    """Uncaught exceptions and console errors (CSP violations land there too)."""
-
-    def __init__(self, page: Any) -> None:
-        self.errors: list[str] = []
-        page.on("pageerror", lambda exc: self.errors.append(f"pageerror: {exc}"))
-        page.on("console", self._console)
-
-    def _console(self, msg: Any) -> None:
-        if msg.type == "error":
-            self.errors.append(f"console: {msg.text}")
-
-
 def shot(page: Any, tmp_path: Path, name: str, full_page: bool = False) -> Path:
-    path = tmp_path / f"{name}.png"
-    page.screenshot(path=str(path), full_page=full_page)
-    with contextlib.suppress(OSError):
-        shutil.copyfile(path, f"/tmp/edgekite-dashboard-{name}.png")
-    return path
+    return screenshot(page, tmp_path, name, prefix="edgekite-dashboard", full_page=full_page)
 
 
 def test_dashboard_end_to_end(edge: Edge, browser: Any, tmp_path: Path) -> None:

@@ -10,12 +10,9 @@ page path, referrer and UTM campaign hold HTML and script is fed in too: it must
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
-import os
 import re
-import shutil
 import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,27 +20,11 @@ from typing import Any
 
 import pytest
 
+from tests.browser import PageErrors, expect, needs_chromium, screenshot
+from tests.browser import browser as browser  # the module-scoped fixture, used by name
 from tests.conftest import HubProcess, wait_for
 from tests.hub_ingest.helpers import batch, envelopes, http, metric, post_batch
 
-if os.environ.get("CI"):  # CI installs both (scripts/setup dev): a missing one is a failure there
-    import playwright.sync_api as sync_api
-
-    assert Path(shutil.which("chromium") or "/usr/bin/chromium").exists(), "CI needs Debian's chromium"
-else:
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (dev extra)")
-expect = sync_api.expect
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
 API_KEY = "analyst-key-0123456789"
 SIM_EVENTS = 700
 XSS_SITE = 'xss"><img src=x onerror="window.__xss=1">'
@@ -51,9 +32,7 @@ XSS_PATH = '/<img src=x onerror="window.__xss=2">'
 XSS_CAMPAIGN = "<script>window.__xss=3</script>"
 XSS_REFERRER = 'https://evil.example/"><script>window.__xss=4</script>'
 
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(), reason="Debian package chromium is not installed"
-)
+pytestmark = needs_chromium
 
 
 def api(hub: HubProcess, path: str) -> Any:
@@ -108,33 +87,8 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
             h.terminate()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-class PageErrors:
-    """Uncaught exceptions and console errors (CSP violations land there too)."""
-
-    def __init__(self, page: Any) -> None:
-        self.errors: list[str] = []
-        page.on("pageerror", lambda exc: self.errors.append(f"pageerror: {exc}"))
-        page.on("console", self._console)
-
-    def _console(self, msg: Any) -> None:
-        if msg.type == "error":
-            self.errors.append(f"console: {msg.text}")
-
-
 def shot(page: Any, tmp_path: Path, name: str, full_page: bool = False) -> Path:
-    path = tmp_path / f"{name}.png"
-    page.screenshot(path=str(path), full_page=full_page)
-    with contextlib.suppress(OSError):
-        shutil.copyfile(path, f"/tmp/edgekite-hub-dashboard-{name}.png")
-    return path
+    return screenshot(page, tmp_path, name, prefix="edgekite-hub-dashboard", full_page=full_page)
 
 
 # -- the dashboard's number formats (en-US), to compare the API's numbers with the screen ----------
