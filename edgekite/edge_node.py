@@ -8,9 +8,7 @@ themselves only know ``edgekite``. Start order is store, ingest, HTTP; stop orde
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 import time
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -19,6 +17,7 @@ from aiohttp import web
 
 from edgekite.config import EdgeConfig
 from edgekite.metrics import EdgeMetrics
+from edgekite.service import serve, wait_for_stop
 from edgekite.store import EdgeStore
 
 if TYPE_CHECKING:
@@ -129,23 +128,15 @@ class EdgeNode:
         ctx = EdgeContext(
             self.config, self.store, self.metrics, self._mqtt_connected, self.started_at, self.sync_status
         )
-        self._runner = web.AppRunner(create_app(ctx), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port)
-        await site.start()
-        port = self._runner.addresses[0][1] if self._runner.addresses else self.config.http.port
-        host = "127.0.0.1" if self.config.http.host in ("0.0.0.0", "::") else self.config.http.host
-        self.http_url = f"http://{host}:{port}"
+        self._runner, self.http_url = await serve(
+            create_app(ctx), self.config.http.host, self.config.http.port
+        )
 
     def request_stop(self) -> None:
         self._stop.set()
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self.request_stop)
-        await self._stop.wait()
+        await wait_for_stop(self._stop)
         log.info("stopping: draining the ingest queue")
 
     async def _shutdown(self) -> None:

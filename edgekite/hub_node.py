@@ -10,10 +10,8 @@ they hold), HTTP, store.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import signal
 import time
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -23,6 +21,7 @@ from aiohttp import web
 from edgekite.config import HubConfig
 from edgekite.hub_metrics import HubMetrics
 from edgekite.hubstore import HubStore
+from edgekite.service import serve, wait_for_stop
 
 if TYPE_CHECKING:
     from hub_enrich.consumer import EnrichmentConsumer
@@ -161,23 +160,13 @@ class HubNode:
         )
         app = create_app(ctx)
         add_ingest_routes(app, processor, self.store)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port)
-        await site.start()
-        port = self._runner.addresses[0][1] if self._runner.addresses else self.config.http.port
-        host = "127.0.0.1" if self.config.http.host in ("0.0.0.0", "::") else self.config.http.host
-        self.http_url = f"http://{host}:{port}"
+        self._runner, self.http_url = await serve(app, self.config.http.host, self.config.http.port)
 
     def request_stop(self) -> None:
         self._stop.set()
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self.request_stop)
-        await self._stop.wait()
+        await wait_for_stop(self._stop)
         log.info("stopping: finishing the batches in hand")
 
     async def _shutdown(self) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import urllib.error
 import urllib.request
 import uuid
@@ -68,9 +67,8 @@ def publish_all(port: int, messages: list[tuple[str, bytes]]) -> None:
 def start_edge(tmp: Path, env: dict[str, str] | None = None) -> tuple[EdgeProcess, str, int]:
     port = free_port()
     proc = EdgeProcess(tmp / "data", "--mqtt-port", str(port), "--http-port", "0", env=env).start()
-    match = re.search(r"HTTP (http://\S+)", proc.ready_line)
-    assert match
-    return proc, match.group(1), port
+    assert proc.http_url, proc.ready_line
+    return proc, proc.http_url, port
 
 
 @pytest.fixture(scope="module")

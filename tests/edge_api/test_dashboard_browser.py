@@ -60,9 +60,8 @@ def start_edge(data_dir: Path, env: dict[str, str] | None = None) -> Edge:
     proc = EdgeProcess(
         data_dir, "--mqtt-port", str(mqtt_port), "--http-port", str(free_port()), env=env
     ).start()
-    match = re.search(r"HTTP (http://\S+)", proc.ready_line)
-    assert match, proc.ready_line
-    return Edge(match.group(1).rstrip("/"), mqtt_port, proc)
+    assert proc.http_url, proc.ready_line
+    return Edge(proc.http_url.rstrip("/"), mqtt_port, proc)
 
 
 def stop_edge(edge: Edge) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import random
-import re
 import threading
 import time
 import uuid
@@ -35,9 +34,8 @@ FAST_SYNC = {
 
 
 def edge_http(edge: EdgeProcess) -> str:
-    match = re.search(r"HTTP (http://\S+)", edge.ready_line)
-    assert match, edge.ready_line
-    return match.group(1)
+    assert edge.http_url, edge.ready_line
+    return edge.http_url
 
 
 def iot(n: int, **data: Any) -> dict[str, Any]:
