@@ -106,6 +106,7 @@ def start_py_spy(pid: int, out: Path, gil: bool) -> subprocess.Popen[bytes] | No
         "100",
         "--threads",
         "--nonblocking",
+        "--subprocesses",  # the bridge's child process (mqtt.bridge_process) too
     ] + (["--gil"] if gil else [])
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     time.sleep(0.5)  # let it attach before the clock starts
@@ -115,6 +116,52 @@ def start_py_spy(pid: int, out: Path, gil: bool) -> subprocess.Popen[bytes] | No
 def stop_py_spy(proc: subprocess.Popen[bytes] | None) -> None:
     if proc is not None:
         stop_group(proc, signal.SIGINT, 30)  # SIGINT makes py-spy write its output
+
+
+def process_tree(pid: int) -> list[Any]:
+    """The edge and its children (the bridge's child process with ``mqtt.bridge_process``)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def tree_cpu_secs(pid: int) -> float:
+    """User + system CPU seconds of the edge and its live children."""
+    import psutil
+
+    total = 0.0
+    for p in process_tree(pid):
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            total += t.user + t.system
+    return total
+
+
+def tree_cpu_by_process(pid: int) -> dict[int, float]:
+    """CPU seconds per process of the edge's tree (pid → seconds), to see which one is busy."""
+    import psutil
+
+    out: dict[int, float] = {}
+    for p in process_tree(pid):
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            out[p.pid] = t.user + t.system
+    return out
+
+
+def tree_rss(pid: int) -> int:
+    """Sum of RSS over the edge and its children, in bytes (shared pages counted per process)."""
+    import psutil
+
+    total = 0
+    for p in process_tree(pid):
+        with contextlib.suppress(psutil.Error):
+            total += p.memory_info().rss
+    return total
 
 
 def median(xs: Sequence[float]) -> float | None:

@@ -45,8 +45,10 @@ from _common import (
     median,
     print_table,
     probe_until_stored,
+    process_tree,
     publish,
     tempdir,
+    tree_rss,
     write_load,
     write_results,
 )
@@ -57,16 +59,25 @@ TARGET_BYTES_PER_EVENT = 400.0
 MB = 2**20
 
 
-def memory(pid: int) -> dict[str, float]:
-    p = psutil.Process(pid)
-    full = p.memory_full_info()
-    return {
-        "rss_mb": full.rss / MB,
-        "uss_mb": full.uss / MB,
-        "pss_mb": getattr(full, "pss", 0) / MB,
-        "swap_mb": getattr(full, "swap", 0) / MB,
-        "threads": p.num_threads(),
-    }
+def memory(pid: int) -> dict[str, Any]:
+    """Totals over the edge and its children (the bridge's child process with an external
+    broker): RSS counts shared pages once per process, PSS splits them, USS is private only."""
+    totals = {"rss_mb": 0.0, "uss_mb": 0.0, "pss_mb": 0.0, "swap_mb": 0.0, "threads": 0}
+    per_process = {}
+    for p in process_tree(pid):
+        with contextlib.suppress(psutil.Error):
+            full = p.memory_full_info()
+            rec = {
+                "rss_mb": full.rss / MB,
+                "uss_mb": full.uss / MB,
+                "pss_mb": getattr(full, "pss", 0) / MB,
+                "swap_mb": getattr(full, "swap", 0) / MB,
+                "threads": p.num_threads(),
+            }
+            per_process["edge" if p.pid == pid else "bridge-child"] = {k: round(v, 1) for k, v in rec.items()}
+            for k, v in rec.items():
+                totals[k] += v
+    return {**totals, "processes": per_process}
 
 
 def start_edge(work: Path, mode: str, tag: str, mq: Mosquitto | None, env: dict[str, str]) -> Edge:
@@ -122,7 +133,6 @@ def ingest(
             port = mq.port if mq is not None else edge.mqtt_port
             assert port
             probes = probe_until_stored(port, counter, edge)
-            proc = psutil.Process(edge.pid)
             before = memory(edge.pid)
             samples: list[tuple[float, float]] = []
             peak_full = dict(before)
@@ -133,8 +143,7 @@ def ingest(
             timed_out = False
             while True:
                 now = time.monotonic()
-                with contextlib.suppress(psutil.Error):
-                    samples.append((now - t0, proc.memory_info().rss / MB))
+                samples.append((now - t0, tree_rss(edge.pid) / MB))
                 if now >= next_full:  # smaps is costlier: USS/PSS once a second
                     next_full = now + 1.0
                     with contextlib.suppress(psutil.Error):

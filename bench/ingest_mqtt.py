@@ -54,6 +54,9 @@ from _common import (
     stop_group,
     stop_py_spy,
     tempdir,
+    tree_cpu_by_process,
+    tree_cpu_secs,
+    tree_rss,
     write_load,
     write_results,
 )
@@ -122,9 +125,10 @@ def run_edge(work: Path, load: Load, args: argparse.Namespace, tag: str) -> dict
             # One probe event proves the bridge's subscription is in place before the clock starts.
             probes = probe_until_stored(mq.port, counter, edge)
             target = load.events + 1
-            cpu0_edge, cpu0_mq = _cpu(edge.pid), _cpu(mq.pid)
-            eproc = psutil.Process(edge.pid)
-            peak_rss = eproc.memory_info().rss
+            cpu0_edge, cpu0_mq = tree_cpu_secs(edge.pid), _cpu(mq.pid)
+            cpu0_by = tree_cpu_by_process(edge.pid)
+            peak_rss = tree_rss(edge.pid)
+            next_rss = 0.0
             spy = (
                 start_py_spy(edge.pid, work / f"py-spy-{tag}.txt", args.py_spy == "gil")
                 if args.py_spy
@@ -151,12 +155,19 @@ def run_edge(work: Path, load: Load, args: argparse.Namespace, tag: str) -> dict
                         f"edge stored {stored - 1:,} of {load.events:,} events in {args.timeout:.0f} s; "
                         f"stderr:\n{edge.stderr_tail()}"
                     )
-                with contextlib.suppress(psutil.Error):
-                    peak_rss = max(peak_rss, eproc.memory_info().rss)
+                if now >= next_rss:  # walking the process tree costs CPU: not at every poll
+                    next_rss = now + 0.25
+                    peak_rss = max(peak_rss, tree_rss(edge.pid))
                 time.sleep(args.poll_interval)
             secs = t_end - t0
             stop_py_spy(spy)
-            cpu_edge, cpu_mq = _cpu(edge.pid) - cpu0_edge, _cpu(mq.pid) - cpu0_mq
+            cpu_edge, cpu_mq = tree_cpu_secs(edge.pid) - cpu0_edge, _cpu(mq.pid) - cpu0_mq
+            cpu_by = {
+                ("edge" if p == edge.pid else f"child-{p}"): round(
+                    (v - cpu0_by.get(p, 0.0)) / (t_end - t0), 2
+                )
+                for p, v in tree_cpu_by_process(edge.pid).items()
+            }
             if pub_done is None:
                 run.wait(args.timeout)
                 pub_done = max(f for f in run.finished if f is not None) - t0
@@ -192,6 +203,7 @@ def run_edge(work: Path, load: Load, args: argparse.Namespace, tag: str) -> dict
         "lag_after_publishers_s": secs - pub_done,
         "edge_cpu_s": cpu_edge,
         "edge_cpu_cores": cpu_edge / secs,
+        "edge_cpu_cores_by_process": cpu_by,
         "mosquitto_cpu_s": cpu_mq,
         "edge_peak_rss_mb": peak_rss / 2**20,
         "rows": exact - 1,
@@ -393,7 +405,7 @@ def main() -> int:
                 print(
                     f"round {r} {c:6s}: edge {e['events_per_s']:>9,.0f} ev/s "
                     f"(pub done {e['publishers_done_s']:.1f}s, stored {e['seconds']:.1f}s, "
-                    f"edge CPU {e['edge_cpu_cores']:.2f} cores, peak RSS {e['edge_peak_rss_mb']:.0f} MB)"
+                    f"edge CPU {e['edge_cpu_cores']:.2f} cores {e['edge_cpu_cores_by_process']}, peak RSS {e['edge_peak_rss_mb']:.0f} MB)"
                     + (
                         f" | baseline {rec['baseline']['events_per_s']:>9,.0f} ev/s, ratio {rec['ratio']:.2f}"
                         if "baseline" in rec

@@ -23,7 +23,7 @@ from edgekite.store import EdgeStore
 if TYPE_CHECKING:
     from broker.embedded import EmbeddedBroker
     from edge_bridge.inbound import InboundRouter
-    from edge_bridge.subscriber import MqttSubscriber
+    from edge_bridge.subscriber import Subscriber
     from edge_bridge.sync_worker import SyncWorker
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class EdgeNode:
         self.metrics = EdgeMetrics()
         self.store = EdgeStore(config, self.metrics)
         self._broker: EmbeddedBroker | None = None
-        self._subscriber: MqttSubscriber | None = None
+        self._subscriber: Subscriber | None = None
         self._sync: SyncWorker | None = None
         self._runner: web.AppRunner | None = None
         self._stop = asyncio.Event()
@@ -89,9 +89,9 @@ class EdgeNode:
         log.info("embedded MQTT broker on %s; PUBACK is sent only after the SQLite commit", self.mqtt_url)
 
     async def _start_subscriber(self, router: InboundRouter) -> None:
-        from edge_bridge.subscriber import MqttSubscriber
+        from edge_bridge.subscriber import make_subscriber
 
-        sub = MqttSubscriber(self.config, self.store, self.metrics, router, url=self.mqtt_url)
+        sub = make_subscriber(self.config, self.store, self.metrics, router, url=self.mqtt_url)
         sub.start()
         self._subscriber = sub
         # "Ready" means subscribed: on a brand-new broker session, messages published before

@@ -8,6 +8,7 @@ SQLite work that releases the GIL.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable
 from typing import Any, NamedTuple
@@ -183,6 +184,15 @@ def parse_json(payload: bytes, limits: LimitsSection) -> Any | Rejection:
         if str(exc).startswith("depth limit"):  # orjson stops past 1024 levels
             return Rejection("too_deep", f"JSON nested deeper than {limits.max_depth} levels", None, payload)
         return Rejection("invalid_json", f"not valid JSON: {exc}", None, payload)
+
+
+def message_fingerprint(topic: str | None, payload: bytes) -> bytes:
+    """Identifies a redelivered copy of a message whose envelopes carried no event_id."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update((topic or "").encode())
+    h.update(b"\x00")
+    h.update(payload)
+    return h.digest()
 
 
 class _Fields(NamedTuple):

@@ -70,6 +70,12 @@ class EdgeMetrics:
             "edgekite_mqtt_connected", "1 while the bridge holds a broker session.", registry=r
         )
         self.mqtt_reconnects = Counter("edgekite_mqtt_connects", "Successful broker connections.", registry=r)
+        self.bridge_restarts = Counter(
+            "edgekite_bridge_process_restarts",
+            "Times the bridge's child process died and was started again (its unacknowledged "
+            "messages are redelivered by the broker).",
+            registry=r,
+        )
         # -- forwarding to the hub
         self.sync_backlog = Gauge(
             "edgekite_sync_backlog_events", "Events the hub has not acknowledged.", registry=r

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import hashlib
 import logging
 import sqlite3
 import threading
@@ -24,7 +23,15 @@ from typing import Any
 import zstandard
 
 from edgekite.config import EdgeConfig
-from edgekite.ingest import FLAG_SKEW_FUTURE, FLAG_SKEW_PAST, STORED_FIELDS, Decoded, EventRow, Rejection
+from edgekite.ingest import (
+    FLAG_SKEW_FUTURE,
+    FLAG_SKEW_PAST,
+    STORED_FIELDS,
+    Decoded,
+    EventRow,
+    Rejection,
+    message_fingerprint,
+)
 from edgekite.metrics import EdgeMetrics
 from edgekite.store import maintenance
 from edgekite.store.codec import PayloadCodec
@@ -77,15 +84,6 @@ class WriteItem:
     done: Callable[[IngestResult], None] | None = None
     size: int = 0
     job: Callable[[sqlite3.Connection], Any] | None = None  # other writes (settings), same writer
-
-
-def message_fingerprint(topic: str | None, payload: bytes) -> bytes:
-    """Identifies a redelivered copy of a message whose envelopes carried no event_id."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update((topic or "").encode())
-    h.update(b"\x00")
-    h.update(payload)
-    return h.digest()
 
 
 def _weight(item: WriteItem) -> int:

@@ -9,11 +9,13 @@ from __future__ import annotations
 import random
 import threading
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
 import orjson
 import paho.mqtt.client as mqtt
+import psutil
 import pytest
 
 from tests.conftest import EdgeProcess, Mosquitto, db_rows, wait_for
@@ -68,6 +70,27 @@ class Publisher(threading.Thread):
                 time.sleep(ahead)
 
 
+def bridge_children(edge: EdgeProcess) -> list[psutil.Process]:
+    assert edge.proc is not None
+    return [
+        p
+        for p in psutil.Process(edge.proc.pid).children()
+        if "edge_bridge.bridge_process" in " ".join(p.cmdline())
+    ]
+
+
+def assert_stored_exactly_once(edge: EdgeProcess, pub: Publisher) -> None:
+    rows = db_rows(edge.db_path, "SELECT event_id, json_extract(ek_json(payload_json), '$.n') FROM events")
+    ns = [n for _, n in rows]
+    assert len(ns) == len(set(ns)), f"{len(ns) - len(set(ns))} events stored twice"
+    assert set(ns) == set(range(TOTAL)), f"missing: {sorted(set(range(TOTAL)) - set(ns))[:20]}"
+    by_n = {n: eid for eid, n in rows}
+    for n, eid in pub.ids.items():
+        if eid is not None:
+            assert uuid.UUID(bytes=by_n[n]) == uuid.UUID(eid)
+    assert db_rows(edge.db_path, "SELECT sum(count) FROM hourly_counts")[0][0] == TOTAL, "rollups count once"
+
+
 @pytest.mark.slow
 def test_kill9_during_load_loses_nothing_and_stores_nothing_twice(
     mosquitto: Mosquitto, tmp_path: Path
@@ -82,9 +105,14 @@ def test_kill9_during_load_loses_nothing_and_stores_nothing_twice(
     stored_at_kill = []
     while pub.is_alive() or kills < 3:
         time.sleep(rng.uniform(0.4, 1.6))
+        children = bridge_children(edge)
+        assert len(children) == 1, "the bridge runs in its own child process"
         edge.kill9()
         kills += 1
         stored_at_kill.append(db_rows(edge.db_path, "SELECT count(*) FROM events")[0][0])
+        # The orphaned child sees its pipe close and leaves at once, acknowledging nothing more.
+        _gone, alive = psutil.wait_procs(children, timeout=5)
+        assert not alive, "the bridge child outlived the edge"
         edge = EdgeProcess(data, *args).start()
         if kills >= 6:
             break
@@ -99,17 +127,47 @@ def test_kill9_during_load_loses_nothing_and_stores_nothing_twice(
     time.sleep(1.0)  # any straggling redelivery would show up as an extra row now
     assert edge.terminate() == 0, "SIGTERM drains and exits cleanly"
 
-    rows = db_rows(edge.db_path, "SELECT event_id, json_extract(ek_json(payload_json), '$.n') FROM events")
-    ns = [n for _, n in rows]
-    assert len(ns) == len(set(ns)), f"{len(ns) - len(set(ns))} events stored twice"
-    assert set(ns) == set(range(TOTAL)), f"missing: {sorted(set(range(TOTAL)) - set(ns))[:20]}"
-    by_n = {n: eid for eid, n in rows}
-    for n, eid in pub.ids.items():
-        if eid is not None:
-            assert uuid.UUID(bytes=by_n[n]) == uuid.UUID(eid)
+    assert_stored_exactly_once(edge, pub)
     assert kills >= 3
     assert any(0 < s < TOTAL for s in stored_at_kill), f"no kill landed mid-load: {stored_at_kill}"
-    assert db_rows(edge.db_path, "SELECT sum(count) FROM hourly_counts")[0][0] == TOTAL, "rollups count once"
+
+
+@pytest.mark.slow
+def test_kill9_of_the_bridge_child_loses_nothing_and_the_edge_starts_a_new_one(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """The child holds the broker session and PUBACKs what the edge committed: when it dies,
+    what it had forwarded but not yet acknowledged comes again and is recognised."""
+    rng = random.Random(99)
+    args = ("--mqtt-url", mosquitto.url, "--http-port", "0", "--edge-id", "child-crash")
+    edge = EdgeProcess(tmp_path / "edge", *args).start()
+    pub = Publisher(mosquitto, rate=4000)
+    pub.start()
+    kills, stored_at_kill, killed_pids = 0, [], set()
+    while pub.is_alive() or kills < 3:
+        time.sleep(rng.uniform(0.4, 1.2))
+        wait_for(lambda: len(bridge_children(edge)) == 1, timeout=10)
+        (child,) = bridge_children(edge)
+        assert child.pid not in killed_pids
+        child.kill()
+        child.wait(5)
+        killed_pids.add(child.pid)
+        kills += 1
+        stored_at_kill.append(db_rows(edge.db_path, "SELECT count(*) FROM events")[0][0])
+        if kills >= 5:
+            break
+    pub.join(60)
+    assert not pub.is_alive()
+    wait_for(lambda: len(pub.acked) == TOTAL, timeout=60)
+    wait_for(lambda: db_rows(edge.db_path, "SELECT count(*) FROM events")[0][0] >= TOTAL, timeout=30)
+    time.sleep(1.0)
+    with urllib.request.urlopen(edge.http_url + "/metrics", timeout=10) as resp:
+        metrics = resp.read().decode()
+    assert f"edgekite_bridge_process_restarts_total {float(kills)}" in metrics
+    assert edge.proc is not None and edge.proc.poll() is None, "the edge itself never went down"
+    assert edge.terminate() == 0
+    assert_stored_exactly_once(edge, pub)
+    assert any(0 < s < TOTAL for s in stored_at_kill), f"no kill landed mid-load: {stored_at_kill}"
 
 
 class ReconnectingPublisher(threading.Thread):

@@ -14,7 +14,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edge_bridge.inbound import InboundRouter
-from edge_bridge.subscriber import MqttSubscriber
+from edge_bridge.subscriber import Subscriber, make_subscriber
 from edgekite.config import EdgeConfig
 from edgekite.metrics import EdgeMetrics
 from edgekite.store import EdgeStore
@@ -26,7 +26,7 @@ class Bridge:
     config: EdgeConfig
     store: EdgeStore
     metrics: EdgeMetrics
-    sub: MqttSubscriber
+    sub: Subscriber
 
     def count(self, where: str = "1") -> int:
         return int(db_rows(self.config.db_path, f"SELECT count(*) FROM events WHERE {where}")[0][0])
@@ -39,18 +39,23 @@ class Bridge:
         self.store.close()
 
 
-@pytest.fixture
+@pytest.fixture(params=[True, False], ids=["child-process", "thread"])
 def start_bridge(
-    mosquitto: Mosquitto, make_config: Callable[..., EdgeConfig]
+    request: pytest.FixtureRequest, mosquitto: Mosquitto, make_config: Callable[..., EdgeConfig]
 ) -> Iterator[Callable[..., Bridge]]:
+    """Every behaviour below holds in both bridge modes (``mqtt.bridge_process``)."""
     started: list[Bridge] = []
 
     def start(**sections: object) -> Bridge:
-        mqtt_section = {"url": mosquitto.url, **dict(sections.pop("mqtt", {}))}  # type: ignore[call-overload]
+        mqtt_section = {
+            "url": mosquitto.url,
+            "bridge_process": request.param,
+            **dict(sections.pop("mqtt", {})),  # type: ignore[call-overload]
+        }
         cfg = make_config(mqtt=mqtt_section, **sections)
         metrics = EdgeMetrics()
         store = EdgeStore(cfg, metrics).open()
-        sub = MqttSubscriber(cfg, store, metrics, InboundRouter(cfg), url=mosquitto.url)
+        sub = make_subscriber(cfg, store, metrics, InboundRouter(cfg), url=mosquitto.url)
         sub.start()
         assert sub.wait_connected(10), sub.last_connect_error
         bridge = Bridge(cfg, store, metrics, sub)
