@@ -23,6 +23,7 @@ import psutil
 from aiohttp import web
 
 from edge_api import ingest_http, queries
+from edge_api.decode_pool import HttpDecoder
 from edge_api.params import (
     WINDOWS_MS,
     BadParamError,
@@ -59,6 +60,7 @@ class EdgeContext:
     sync_status: Callable[[], dict[str, Any]] = lambda: {"enabled": False}
     reads: ReadPool | None = None
     stream: EventStream | None = None
+    decoder: HttpDecoder = field(init=False)
     process: psutil.Process = field(default_factory=psutil.Process)
 
 
@@ -155,23 +157,15 @@ async def _ingest(request: web.Request, batch: bool) -> web.Response:
     ctx = request.app[CTX]
     body = await request.read()  # aiohttp refuses bodies over client_max_size with 413
     ctx.metrics.messages_received.labels("http").inc()
+    user_agent = request.headers.get("User-Agent", "")[:1024] or None
     try:
-        if batch:
-            objs = ingest_http.parse_batch(
-                body, request.content_type, ctx.config.limits.max_events_per_message
-            )
-        else:
-            objs = ingest_http.parse_single(body)
+        n, decoded = await ctx.decoder.decode(
+            body, request.content_type, batch, user_agent, request.remote, ctx.store.now_ms()
+        )
     except ingest_http.BodyError as exc:
         ctx.metrics.events_rejected.labels("invalid_json").inc()
         raise web.HTTPBadRequest(reason=str(exc)) from None
-    ctx.metrics.events_received.labels("http").inc(len(objs))
-    user_agent = request.headers.get("User-Agent", "")[:1024] or None
-    for obj in objs:
-        ingest_http.add_user_agent(obj, user_agent)
-        if ctx.config.http.record_client_ip:
-            ingest_http.add_client_ip(obj, request.remote)
-    decoded = ingest_http.decode_objects(objs, ctx.config, ctx.store.now_ms())
+    ctx.metrics.events_received.labels("http").inc(n)
     try:
         result = await ctx.store.ingest(ingest_http.write_item(decoded, len(body)))
     except RuntimeError as exc:  # QueueClosedError: shutting down
@@ -459,11 +453,13 @@ async def _no_cache_static(request: web.Request, response: web.StreamResponse) -
 async def _lifecycle(app: web.Application) -> Any:
     ctx = app[CTX]
     ctx.reads = ReadPool(ctx.config.db_path, ctx.config.store)
+    ctx.decoder = HttpDecoder(ctx.config)
     ctx.stream = EventStream(asyncio.get_running_loop(), ctx.config.http.max_sse_clients)
     ctx.store.add_listener(ctx.stream.on_commit)
     ctx.process.cpu_percent(interval=None)  # prime: the first reading is otherwise 0
     yield
     ctx.reads.close()
+    ctx.decoder.close()
 
 
 def create_app(ctx: EdgeContext) -> web.Application:

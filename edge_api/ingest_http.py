@@ -7,13 +7,15 @@ why anything was refused.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from edgekite.config import EdgeConfig
 from edgekite.ingest import Decoded, Rejection, rows_from_objects
-from edgekite.store import WriteItem
+
+if TYPE_CHECKING:  # the decode worker process never loads the store
+    from edgekite.store import WriteItem
 
 
 class BodyError(ValueError):
@@ -104,7 +106,31 @@ def decode_objects(objs: list[Any | Rejection], config: EdgeConfig, received_at:
     return Decoded(decoded.events, rejections, decoded.ids_generated)
 
 
+def decode_body(
+    body: bytes,
+    content_type: str,
+    batch: bool,
+    user_agent: str | None,
+    client_ip: str | None,
+    config: EdgeConfig,
+    received_at: int,
+) -> tuple[int, Decoded]:
+    """A request body to (envelopes in it, decoded rows); BodyError when it is unreadable.
+
+    ``client_ip`` is added to web events only when ``http.record_client_ip`` is on."""
+    objs = (
+        parse_batch(body, content_type, config.limits.max_events_per_message) if batch else parse_single(body)
+    )
+    ip = client_ip if config.http.record_client_ip else None
+    for obj in objs:
+        add_user_agent(obj, user_agent)
+        add_client_ip(obj, ip)
+    return len(objs), decode_objects(objs, config, received_at)
+
+
 def write_item(decoded: Decoded, size: int) -> WriteItem:
+    from edgekite.store import WriteItem
+
     return WriteItem(decoded=decoded, transport="http", topic=None, size=size)
 
 
