@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
@@ -298,27 +299,51 @@ class ProcessSubscriber:
                 return
 
     def _submit_items(self, records: list[tuple[Any, ...]]) -> bool:
-        acks = self._acks
-        ready = self._ack_ready
-        events = 0
+        """Queue a forwarded batch. Consecutive messages that need nothing of their own (no
+        redelivery fingerprint, no rejection for the dead-letter table) go as one store item,
+        acknowledged together: per-item overhead in this process was a fifth of its CPU."""
         new = tuple.__new__  # a C call: EventRow(*row) or EventRow._make would run Python per row
+        events = 0
+        group_rows: list[EventRow] = []
+        group_acks: list[tuple[int, int, int]] = []
+        group_size = 0
         for generation, mid, qos, topic, dup, fingerprint, size, rows, rejections, ids_generated in records:
             events += len(rows) + len(rejections)
+            if fingerprint is None and not rejections:
+                group_rows.extend([new(EventRow, r) for r in rows])
+                group_acks.append((generation, mid, qos))
+                group_size += size
+                continue
+            if group_acks and not self._submit_group(group_rows, group_acks, group_size):
+                return False
+            group_rows, group_acks, group_size = [], [], 0
             decoded = Decoded(
                 [new(EventRow, r) for r in rows], [new(Rejection, r) for r in rejections], ids_generated
             )
-
-            def done(result: IngestResult, g: int = generation, m: int = mid, q: int = qos) -> None:
-                if result.committed:
-                    acks.append((g, m, q))
-                    ready.set()
-
-            item = WriteItem(decoded, "mqtt", topic, dup, fingerprint, done, size)
+            item = WriteItem(
+                decoded, "mqtt", topic, dup, fingerprint, self._acker_for([(generation, mid, qos)]), size
+            )
             if not _submit(self._store, item, self._stopping):
                 return False
+        if group_acks and not self._submit_group(group_rows, group_acks, group_size):
+            return False
         self._m_messages.inc(len(records))
         self._m_events.inc(events)
         return True
+
+    def _submit_group(self, rows: list[EventRow], acks: list[tuple[int, int, int]], size: int) -> bool:
+        item = WriteItem(Decoded(rows, [], False), "mqtt", None, False, None, self._acker_for(acks), size)
+        return _submit(self._store, item, self._stopping)
+
+    def _acker_for(self, acks: list[tuple[int, int, int]]) -> Callable[[IngestResult], None]:
+        pending, ready = self._acks, self._ack_ready
+
+        def done(result: IngestResult) -> None:
+            if result.committed:
+                pending.extend(acks)
+                ready.set()
+
+        return done
 
     def _child_died(self) -> None:
         proc = self._proc
