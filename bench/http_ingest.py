@@ -109,14 +109,21 @@ class Baseline:
 
 
 # -- load ---------------------------------------------------------------------------------
-def make_bodies(gen: Any, n_events: int, batch: int) -> list[bytes]:
+def make_bodies(gen: Any, n_events: int, batch: int, ids: str = "v4") -> list[bytes]:
+    """``ids="v7"`` replaces the simulator's random (v4) event ids with time-ordered UUIDv7s, as
+    producers following the envelope spec send them."""
     import orjson
+    import uuid_utils
 
     bodies = []
     left = n_events
     while left > 0:
         n = min(batch, left)
-        bodies.append(orjson.dumps([gen.next_event()[1] for _ in range(n)]))
+        envs = [gen.next_event()[1] for _ in range(n)]
+        if ids == "v7":
+            for env in envs:
+                env["event_id"] = str(uuid_utils.uuid7())
+        bodies.append(orjson.dumps(envs))
         left -= n
     return bodies
 
@@ -227,6 +234,12 @@ def main(argv: list[str] | None = None) -> int:
         help="limits.max_message_bytes given to the edge (default 1 MiB; shipped 256 KiB)",
     )
     ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument(
+        "--ids",
+        choices=["v4", "v7"],
+        default="v4",
+        help="event ids: the simulator's random v4 (default) or time-ordered v7 (the spec's advice)",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the temp data dir")
     ap.add_argument(
         "--edge-env",
@@ -296,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
             for b in batches:
                 setting: dict[str, Any] = {"batch": b, "rounds": []}
                 for rnd in range(args.rounds):
-                    bodies = make_bodies(gen, args.events, b)
+                    bodies = make_bodies(gen, args.events, b, args.ids)
                     n = args.events
                     body_bytes = sum(len(x) for x in bodies)
                     spy = (
