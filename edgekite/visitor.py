@@ -18,6 +18,7 @@ Everything here is pure: storing the salts (a small table or file) is the caller
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import secrets
@@ -72,12 +73,20 @@ def _parse_ip(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return addr
 
 
+# The stdlib's ipaddress parser is pure Python (~10 µs an address) and a batch repeats its
+# visitors' addresses, so both helpers are memoised. The caches live in memory only, bounded,
+# in the process that already holds those addresses in the batch it is decoding.
+_IP_CACHE = 16_384
+
+
+@functools.lru_cache(maxsize=_IP_CACHE)
 def normalise_ip(ip: str) -> str:
     """The canonical text of an address ("" if ``ip`` is not one), IPv4-mapped IPv6 unwrapped."""
     addr = _parse_ip(ip)
     return "" if addr is None else str(addr)
 
 
+@functools.lru_cache(maxsize=_IP_CACHE)
 def truncate_ip(ip: str, v4_prefix: int = 24, v6_prefix: int = 48) -> str:
     """The network address of ``ip``'s /``v4_prefix`` or /``v6_prefix``: ``"203.0.113.0"``.
 
