@@ -448,6 +448,13 @@ class HubEnrichSection(_Section):
         30, ge=0, description="The consumer stays this far behind ingest (see hub_enrich)."
     )
     batch_rows: int = Field(20_000, ge=100, le=1_000_000)
+    busy_share: float = Field(
+        0.25,
+        gt=0,
+        le=1,
+        description="While edges' batches are arriving, enrichment takes at most this share of the "
+        "time, so acknowledging edges comes first; it catches up when ingest is quiet. 1: no limit.",
+    )
 
 
 class HubConfig(_Section):

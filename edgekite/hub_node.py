@@ -104,6 +104,9 @@ class HubNode:
             except Exception:
                 log.exception("visitor-id salt rotation failed")
 
+    def _ingest_busy(self) -> bool:
+        return self.processor is not None and self.processor.ingest_busy()
+
     def _start_enrichment(self) -> None:
         from hub_enrich.consumer import EnrichmentConsumer
         from hub_enrich.rerun import build_enricher
@@ -114,6 +117,8 @@ class HubNode:
             build_enricher(ec.bots_file, ec.geo_db, ec.site_hosts),
             batch_rows=ec.batch_rows,
             lag_ms=int(ec.lag_secs * 1000),
+            ingest_busy=self._ingest_busy,
+            busy_share=ec.busy_share,
         )
         self.enricher = consumer
         m = self.metrics

@@ -233,6 +233,8 @@ class EnrichmentConsumer:
         sweep_window_ms: int = DEFAULT_SWEEP_WINDOW_MS,
         use_stored_salts: bool = True,
         clock: Callable[[], int] = now_ms,
+        ingest_busy: Callable[[], bool] | None = None,
+        busy_share: float = 1.0,
     ) -> None:
         if batch_rows < 1:
             raise ValueError("batch_rows must be >= 1")
@@ -246,6 +248,13 @@ class EnrichmentConsumer:
         self.sweep_window_ms = sweep_window_ms
         self.use_stored_salts = use_stored_salts
         self.clock = clock
+        # Ingest first: while edges' batches are being committed, each enrichment step is
+        # followed by a pause so that enrichment uses at most ``busy_share`` of the time (the
+        # store thread and the CPU are shared). It catches up as soon as ingest goes quiet.
+        if not 0 < busy_share <= 1:
+            raise ValueError("busy_share must be in (0, 1]")
+        self.ingest_busy = ingest_busy
+        self.busy_share = busy_share
         self.fingerprint = enricher.fingerprint
         self.state: ConsumerState | None = None
         self.fingerprint_changed = False
@@ -398,6 +407,7 @@ class EnrichmentConsumer:
         backoff = self.poll_interval
         last_sweep = time.monotonic()
         while not self._stop.is_set():
+            started = time.monotonic()
             try:
                 n = await self._step_async()
                 if time.monotonic() - last_sweep >= self.sweep_interval:
@@ -414,9 +424,17 @@ class EnrichmentConsumer:
                 backoff = min(backoff * 2, 60.0)
                 if on_step is not None:
                     on_step(0, 0, True)
-            if n < self.batch_rows:
+            pause = backoff if n < self.batch_rows else self.yield_pause(time.monotonic() - started)
+            if pause > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), timeout=backoff)
+                    await asyncio.wait_for(self._stop.wait(), timeout=pause)
+
+    def yield_pause(self, step_secs: float) -> float:
+        """Seconds to wait after a full step: 0 when ingest is quiet (catch up at full speed),
+        else enough that this consumer's share of the time stays at ``busy_share``."""
+        if self.busy_share >= 1 or self.ingest_busy is None or not self.ingest_busy():
+            return 0.0
+        return min(step_secs * (1 - self.busy_share) / self.busy_share, 10.0)
 
 
 __all__ = [

@@ -97,6 +97,7 @@ class BatchProcessor:
         ing = config.ingest
         self._limiter = RateLimiter(ing.rate_limit_events_per_sec, ing.rate_limit_burst_events)
         self._limiter_lock = threading.Lock()
+        self.last_commit_at = float("-inf")  # monotonic time of the last commit (ingest is busy)
         self.dev_mode = not config.edges
         if self.dev_mode:
             log.warning(
@@ -195,6 +196,7 @@ class BatchProcessor:
         in order. Never raises a StorageError: a failed batch is answered 'retry'."""
         if not batches:
             return []
+        self.last_commit_at = self._monotonic()
         acks: list[Ack | None] = [None] * len(batches)
         try:
             known = self._ledger_lookup(batches)
@@ -241,6 +243,10 @@ class BatchProcessor:
                 acks[i] = lead.model_copy()
         assert all(a is not None for a in acks)
         return [a for a in acks if a is not None]
+
+    def ingest_busy(self, within_secs: float = 1.0) -> bool:
+        """A batch was committed within ``within_secs``: edges are sending (enrichment yields)."""
+        return self._monotonic() - self.last_commit_at < within_secs
 
     # -- steps -------------------------------------------------------------------------------
     def _admit(self, result: Refusal | PreparedBatch) -> Ack | PreparedBatch:

@@ -213,3 +213,22 @@ def test_without_a_stored_visitor_id_ids_come_from_the_salts_and_no_ip_is_stored
                     {"needle": needle},
                 )[0][0]
                 assert hits == 0, (table, column, needle)
+
+
+def test_enrichment_yields_to_ingest_while_edges_are_sending(
+    clean: HubStore, ua_parser: UaParser, bot_detector: BotDetector
+) -> None:
+    """After a full step, while batches are being committed, the consumer pauses so that it
+    takes at most ``busy_share`` of the time; with ingest quiet it catches up without pausing."""
+    busy = [True]
+    c = EnrichmentConsumer(
+        clean, Enricher(ua_parser, bot_detector), ingest_busy=lambda: busy[0], busy_share=0.25
+    )
+    assert c.yield_pause(0.2) == pytest.approx(0.6)  # 0.2 s of work, then 0.6 s for ingest
+    assert c.yield_pause(60.0) == 10.0, "never parked for long"
+    busy[0] = False
+    assert c.yield_pause(0.2) == 0.0
+    unlimited = EnrichmentConsumer(clean, Enricher(ua_parser, bot_detector), ingest_busy=lambda: True)
+    assert unlimited.yield_pause(0.2) == 0.0, "busy_share 1 (the default) never pauses"
+    with pytest.raises(ValueError, match="busy_share"):
+        EnrichmentConsumer(clean, Enricher(ua_parser, bot_detector), busy_share=0)

@@ -166,6 +166,20 @@ def test_rate_limit_answers_retry(store: HubStore) -> None:
     assert _ledger(store, "rl") == (160, 2)
 
 
+def test_ingest_counts_as_busy_for_a_second_after_each_commit(store: HubStore) -> None:
+    """What the enrichment consumer asks before taking the store: are edges sending now?"""
+    clock = [500.0]
+    p = BatchProcessor(
+        hub_config(Path(store.config.hub.data_dir)), store, HubMetrics(), monotonic=lambda: clock[0]
+    )
+    assert not p.ingest_busy(), "nothing committed yet"
+    assert p.process("busy", batch("busy", "b:1-5", envelopes(5, seed=51)), None).status == "ok"
+    clock[0] += 0.5
+    assert p.ingest_busy()
+    clock[0] += 1.0
+    assert not p.ingest_busy()
+
+
 def test_storage_failure_answers_retry_never_raises(tmp_path: Path) -> None:
     cfg = hub_config(tmp_path / "never-opened")
     p = BatchProcessor(cfg, HubStore(cfg), HubMetrics())  # the store is not open: every call fails
