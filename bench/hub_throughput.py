@@ -83,7 +83,9 @@ def in_process(batches: list[bytes], workdir: Path, mode: str) -> float:
                 prep = prepare_payload(ctx, None, b, None, None, "mqtt", 0)
                 assert isinstance(prep, PreparedBatch) and prep.events_ipc is not None
                 streams.append((prep.header.batch_id, prep.events_ipc))
-            if mode == "insert-python":  # the former path, for a same-run baseline
+            if (
+                mode == "insert-python"
+            ):  # HubStore.insert_arrow(tbl): since 19:45 also an IPC stream, built in this process
                 tables = [(bid, pa.ipc.open_stream(ipc).read_all()) for bid, ipc in streams]
                 t0 = time.perf_counter()
                 for bid, tbl in tables:
@@ -271,7 +273,7 @@ def main() -> None:
     print_table(
         ["phase", "events/s (median)", "rounds", "target"],
         [
-            ["(a) insert alone, former Python(tbl)", fmt(median(results["insert-python"])),
+            ["(a) insert alone, insert_arrow(tbl)", fmt(median(results["insert-python"])),
              " / ".join(fmt(x) for x in results["insert-python"]), "(baseline)"],
             ["(a) insert alone, Arrow IPC -> chDB", fmt(median(results["insert"])),
              " / ".join(fmt(x) for x in results["insert"]), ">= 100,000"],
