@@ -82,6 +82,23 @@ class _Status:
         self._metrics.mqtt_connected.set(0)
 
 
+class _StatusReporting:
+    """Connection state, as ``Subscriber`` exposes it, kept by ``_Status``."""
+
+    _status: _Status
+
+    @property
+    def connected(self) -> bool:
+        return self._status.connected_event.is_set()
+
+    @property
+    def last_connect_error(self) -> str | None:
+        return self._status.last_connect_error
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._status.connected_event.wait(timeout)
+
+
 def _submit(store: EdgeStore, item: WriteItem, stopping: threading.Event) -> bool:
     """Blocks while the store is full (that is the backpressure); False once shutting down."""
     try:
@@ -105,7 +122,7 @@ def _barrier(store: EdgeStore, timeout: float) -> bool:
     return done.wait(timeout)
 
 
-class ThreadSubscriber:
+class ThreadSubscriber(_StatusReporting):
     """paho's network thread decodes and queues; the writer thread sends the PUBACKs."""
 
     def __init__(
@@ -122,19 +139,8 @@ class ThreadSubscriber:
             config, router.filters, url=url, on_message=self._on_message, on_status=self._status.update
         )
 
-    @property
-    def connected(self) -> bool:
-        return self._status.connected_event.is_set()
-
-    @property
-    def last_connect_error(self) -> str | None:
-        return self._status.last_connect_error
-
     def start(self) -> None:
         self._receiver.start()
-
-    def wait_connected(self, timeout: float) -> bool:
-        return self._status.connected_event.wait(timeout)
 
     def stop(self, drain_timeout: float = 30.0) -> None:
         """Stop reading, let the writer commit what it holds (acks go out), then disconnect."""
@@ -160,7 +166,7 @@ class ThreadSubscriber:
         _submit(self._store, item, self._stopping)
 
 
-class ProcessSubscriber:
+class ProcessSubscriber(_StatusReporting):
     """Runs ``edge_bridge.bridge_process`` and writes what it decodes; restarts it if it dies."""
 
     RESTART_DELAY_SECS = 1.0
@@ -190,14 +196,6 @@ class ProcessSubscriber:
         self._acker: threading.Thread | None = None
 
     @property
-    def connected(self) -> bool:
-        return self._status.connected_event.is_set()
-
-    @property
-    def last_connect_error(self) -> str | None:
-        return self._status.last_connect_error
-
-    @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
@@ -207,9 +205,6 @@ class ProcessSubscriber:
         self._acker = threading.Thread(target=self._ack_loop, name="edgekite-bridge-acks", daemon=True)
         self._reader.start()
         self._acker.start()
-
-    def wait_connected(self, timeout: float) -> bool:
-        return self._status.connected_event.wait(timeout)
 
     def stop(self, drain_timeout: float = 30.0) -> None:
         """Stop the child reading, commit everything it forwarded, send those acks, let it go."""
