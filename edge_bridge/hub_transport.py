@@ -27,6 +27,7 @@ from pydantic import ValidationError
 
 from edge_bridge.backoff import Backoff
 from edgekite import sync_protocol, topics
+from edgekite.broker_url import BrokerAddress
 from edgekite.config import SyncSection
 from edgekite.sync_protocol import Ack
 
@@ -73,13 +74,9 @@ class MqttHubTransport:
         on_failure: OnFailure,
         on_hub_online: Callable[[], None],
     ) -> None:
-        parsed = urlparse(cfg.hub_mqtt_url if "://" in cfg.hub_mqtt_url else f"mqtt://{cfg.hub_mqtt_url}")
-        if parsed.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-            raise ValueError(f"sync.hub_mqtt_url: unsupported scheme {parsed.scheme!r} (mqtt:// or mqtts://)")
-        self._tls = parsed.scheme in ("mqtts", "ssl")
-        self._host = parsed.hostname or "127.0.0.1"
-        self._port = parsed.port or (8883 if self._tls else 1883)
-        self.url = f"{'mqtts' if self._tls else 'mqtt'}://{self._host}:{self._port}"
+        addr = BrokerAddress.parse(cfg.hub_mqtt_url, what="sync.hub_mqtt_url")
+        self._tls, self._host, self._port = addr.tls, addr.host, addr.port
+        self.url = addr.url
         self._cfg = cfg
         self._edge_id = edge_id
         self._loop = loop

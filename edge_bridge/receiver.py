@@ -16,8 +16,6 @@ import logging
 import ssl
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -25,6 +23,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edgekite.broker_url import BrokerAddress
 from edgekite.config import EdgeConfig
 
 log = logging.getLogger(__name__)
@@ -33,21 +32,6 @@ log = logging.getLogger(__name__)
 MessageHandler = Callable[[str, bytes, bool, int, int, int], None]
 # (connected, error or None, new connection) -> None
 StatusHandler = Callable[[bool, str | None, bool], None]
-
-
-@dataclass(frozen=True)
-class BrokerAddress:
-    host: str
-    port: int
-    tls: bool
-
-    @classmethod
-    def parse(cls, url: str) -> BrokerAddress:
-        parsed = urlparse(url if "://" in url else f"mqtt://{url}")
-        if parsed.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-            raise ValueError(f"unsupported broker URL scheme {parsed.scheme!r} (use mqtt:// or mqtts://)")
-        tls = parsed.scheme in ("mqtts", "ssl")
-        return cls(parsed.hostname or "127.0.0.1", parsed.port or (8883 if tls else 1883), tls)
 
 
 class MqttReceiver:
@@ -66,7 +50,7 @@ class MqttReceiver:
     ) -> None:
         self._cfg = config
         self._filters = filters
-        self._addr = BrokerAddress.parse(url)
+        self._addr = BrokerAddress.parse(url, what="mqtt.url")
         self._handle = on_message
         self._status = on_status
         self.generation = generation_base
@@ -183,4 +167,4 @@ class MqttReceiver:
         self._handle(msg.topic, bytes(msg.payload), bool(msg.dup), msg.mid, msg.qos, self.generation)
 
 
-__all__ = ["BrokerAddress", "MessageHandler", "MqttReceiver", "StatusHandler"]
+__all__ = ["MessageHandler", "MqttReceiver", "StatusHandler"]

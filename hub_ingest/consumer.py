@@ -24,8 +24,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
 
 import orjson
 import paho.mqtt.client as mqtt
@@ -34,6 +32,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edgekite.broker_url import BrokerAddress
 from edgekite.config import HubMqttSection
 from edgekite.hub_metrics import HubMetrics
 from edgekite.hubstore import HubStore
@@ -45,29 +44,6 @@ log = logging.getLogger(__name__)
 
 ONLINE = orjson.dumps({"online": True})
 OFFLINE = orjson.dumps({"online": False})
-
-
-@dataclass(frozen=True)
-class BrokerAddress:
-    host: str
-    port: int
-    tls: bool
-    username: str | None = None
-    password: str | None = None
-
-    @classmethod
-    def parse(cls, url: str) -> BrokerAddress:
-        parts = urlsplit(url if "://" in url else f"mqtt://{url}")
-        if parts.scheme not in ("mqtt", "mqtts"):
-            raise ValueError(f"unsupported hub broker URL scheme {parts.scheme!r} (use mqtt:// or mqtts://)")
-        tls = parts.scheme == "mqtts"
-        return cls(
-            parts.hostname or "127.0.0.1",
-            parts.port or (8883 if tls else 1883),
-            tls,
-            unquote(parts.username) if parts.username else None,
-            unquote(parts.password) if parts.password else None,
-        )
 
 
 def signature_of(msg: mqtt.MQTTMessage) -> str | None:
@@ -141,7 +117,7 @@ class Consumer:
         self._committer = committer
         self._decoder = decoder
         self._on_state = on_state
-        self._addr = BrokerAddress.parse(cfg.url)
+        self._addr = BrokerAddress.parse(cfg.url, what="mqtt.url")
         self._connected = threading.Event()
         self._stopping = threading.Event()
         self._generation = 0
