@@ -27,10 +27,18 @@ class BrokerAddress:
         parts = urlsplit(url if "://" in url else f"mqtt://{url}")
         if parts.scheme not in SCHEMES:
             raise ValueError(f"{what}: unsupported scheme {parts.scheme!r} (use mqtt:// or mqtts://)")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError(f"{what}: {url!r} must not have a path, query or fragment")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError(f"{what}: bad port in {url!r}") from None
+        if not parts.hostname:
+            raise ValueError(f"{what}: {url!r} has no host")
         tls = SCHEMES[parts.scheme]
         return cls(
-            parts.hostname or "127.0.0.1",
-            parts.port or (8883 if tls else 1883),
+            parts.hostname,
+            port or (8883 if tls else 1883),
             tls,
             unquote(parts.username) if parts.username else None,
             unquote(parts.password) if parts.password else None,

@@ -47,12 +47,12 @@ from multiprocessing.synchronize import Barrier as BarrierType
 from multiprocessing.synchronize import Event as EventType
 from random import Random
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from edgekite.broker_url import BrokerAddress
 from edgekite.topics import events_topic
 
 logger = logging.getLogger(__name__)
@@ -1053,40 +1053,16 @@ class PublishError(RuntimeError):
     """The simulator could not publish: bad URL, unreachable or refusing broker, dead worker."""
 
 
-@dataclass(frozen=True)
-class BrokerURL:
-    """Where to publish, parsed from ``mqtt://[user[:password]@]host[:port]`` or ``mqtts://``."""
+BrokerURL = BrokerAddress
+"""Where to publish: ``mqtt://[user[:password]@]host[:port]`` or ``mqtts://`` (edgekite.broker_url)."""
 
-    host: str
-    port: int
-    tls: bool
-    username: str | None = None
-    password: str | None = None
 
-    @classmethod
-    def parse(cls, url: str) -> BrokerURL:
-        """Parse a broker URL, rejecting anything we would silently misinterpret."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts"):
-            raise PublishError(
-                f"unsupported MQTT URL scheme {parts.scheme!r} in {url!r} (use mqtt:// or mqtts://)"
-            )
-        if parts.path not in ("", "/") or parts.query or parts.fragment:
-            raise PublishError(f"MQTT URL {url!r} must not have a path, query or fragment")
-        try:
-            port = parts.port
-        except ValueError as exc:
-            raise PublishError(f"bad port in MQTT URL {url!r}") from exc
-        if not parts.hostname:
-            raise PublishError(f"MQTT URL {url!r} has no host")
-        tls = parts.scheme == "mqtts"
-        return cls(
-            host=parts.hostname,
-            port=port or (8883 if tls else 1883),
-            tls=tls,
-            username=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password else None,
-        )
+def parse_broker_url(url: str) -> BrokerAddress:
+    """The simulator's ``--mqtt-url``, refused with a PublishError rather than misread."""
+    try:
+        return BrokerAddress.parse(url, what="MQTT URL")
+    except ValueError as exc:
+        raise PublishError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -1553,7 +1529,7 @@ def publish(
     Raises:
         PublishError: bad URL or arguments, broker unreachable or refusing, a worker died.
     """
-    broker = BrokerURL.parse(mqtt_url)
+    broker = parse_broker_url(mqtt_url)
     if count < 0:
         raise PublishError("count must be >= 0 (0 = until interrupted)")
     if qos not in (0, 1, 2):

@@ -32,3 +32,9 @@ def test_credentials_in_the_url_are_percent_decoded_and_left_out_of_the_display_
 def test_an_unknown_scheme_names_the_setting() -> None:
     with pytest.raises(ValueError, match=r"sync.hub_mqtt_url: unsupported scheme 'http'"):
         BrokerAddress.parse("http://hub:8090", what="sync.hub_mqtt_url")
+
+
+@pytest.mark.parametrize("bad", ["mqtt://h:1883/topic", "mqtt://:1883", "mqtt://h:notaport", "mqtt://h?x=1"])
+def test_what_would_be_misread_is_refused(bad: str) -> None:
+    with pytest.raises(ValueError, match="mqtt.url"):
+        BrokerAddress.parse(bad, what="mqtt.url")
