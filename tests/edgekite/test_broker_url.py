@@ -36,5 +36,5 @@ def test_an_unknown_scheme_names_the_setting() -> None:
 
 @pytest.mark.parametrize("bad", ["mqtt://h:1883/topic", "mqtt://:1883", "mqtt://h:notaport", "mqtt://h?x=1"])
 def test_what_would_be_misread_is_refused(bad: str) -> None:
-    with pytest.raises(ValueError, match="mqtt.url"):
+    with pytest.raises(ValueError, match=r"mqtt\.url"):
         BrokerAddress.parse(bad, what="mqtt.url")
