@@ -167,7 +167,10 @@ class ThreadSubscriber(_StatusReporting):
 
 
 class ProcessSubscriber(_StatusReporting):
-    """Runs ``edge_bridge.bridge_process`` and writes what it decodes; restarts it if it dies."""
+    """Runs ``edge_bridge.bridge_process`` and writes what it decodes; restarts it if it dies.
+
+    ``router`` is not used here: the child builds its own from the same config, so both modes
+    route and validate alike."""
 
     RESTART_DELAY_SECS = 1.0
 
@@ -191,13 +194,8 @@ class ProcessSubscriber(_StatusReporting):
         self._ctl: Connection | None = None
         self._data: Connection | None = None
         self._incarnation = 0
-        self.restarts = 0
         self._reader: threading.Thread | None = None
         self._acker: threading.Thread | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
 
     def start(self) -> None:
         self._spawn()
@@ -344,7 +342,6 @@ class ProcessSubscriber(_StatusReporting):
         proc = self._proc
         code = proc.wait() if proc is not None else None
         self._status.update(False, f"bridge process exited with code {code}", False)
-        self.restarts += 1
         self._metrics.bridge_restarts.inc()
         log.error(
             "bridge process exited (code %s); restarting in %.0f s, unacknowledged messages come again",
