@@ -38,6 +38,7 @@ from edge_api.stream import EventStream
 from edgekite.config import EdgeConfig
 from edgekite.envelope import CATEGORIES, SEVERITIES
 from edgekite.metrics import EdgeMetrics
+from edgekite.static_files import add_shared_static_routes
 from edgekite.store import EdgeStore
 from edgekite.store.maintenance import wal_bytes
 from edgekite.store.reads import ReadPool
@@ -491,6 +492,7 @@ def create_app(ctx: EdgeContext) -> web.Application:
     r.add_get("/metrics", metrics_handler)
     r.add_get("/t.js", tracker)
     r.add_get("/", index)
+    add_shared_static_routes(r)  # /static/dom.js: the helpers both dashboards share
     if STATIC_DIR.exists():
         r.add_static("/static/", STATIC_DIR, append_version=False)
     return app

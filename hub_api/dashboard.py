@@ -15,6 +15,7 @@ from pathlib import Path
 from aiohttp import web
 
 from dashboards import STATIC_DIR
+from edgekite.static_files import add_shared_static_routes
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -60,4 +61,5 @@ async def static_file(request: web.Request) -> web.StreamResponse:
 def add_dashboard_routes(app: web.Application) -> None:
     """``GET /`` (index.html) and ``GET /static/{name}``, public; call before the app starts."""
     app.router.add_get("/", index)
+    add_shared_static_routes(app.router)  # /static/dom.js, shared with the edge's dashboard
     app.router.add_get("/static/{name}", static_file)

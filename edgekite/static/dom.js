@@ -1,5 +1,8 @@
-// DOM and formatting helpers. Every event field is untrusted input: text only ever reaches the
-// page through textContent / createTextNode (never innerHTML), and links only through safeHref().
+// DOM and formatting helpers shared by the edge's LAN dashboard and the hub's analysts' dashboard
+// (each serves this file as /static/dom.js; edgekite/static_files.py). Every value from the API is
+// untrusted input (event fields, page paths, referrers, UTM tags come from the internet): text only
+// ever reaches the page through textContent / createTextNode (never innerHTML), and links only
+// through safeHref().
 
 const SVG_NS = 'http://www.w3.org/2000/svg';
 
@@ -43,6 +46,12 @@ export function s(tag, attrs, ...children) {
 export function clear(el) {
   el.replaceChildren();
   return el;
+}
+
+/** Replace an element's children (null/false skipped, strings as text). */
+export function fill(el, ...children) {
+  el.replaceChildren();
+  return append(el, children);
 }
 
 /** The URI as an http(s)/file URL string, or null when it must not be clickable. */
@@ -135,6 +144,45 @@ export function fmtDuration(ms) {
 
 export function fmtPercent(v, digits = 0) {
   return typeof v === 'number' && Number.isFinite(v) ? `${v.toFixed(digits)} %` : '—';
+}
+
+/** Seconds as "4 min 05 s" (Umami's average visit duration). */
+export function fmtSecs(secs) {
+  if (typeof secs !== 'number' || !Number.isFinite(secs) || secs < 0) return '—';
+  const t = Math.round(secs);
+  if (t < 60) return `${t} s`;
+  if (t < 3600) return `${Math.floor(t / 60)} min ${String(t % 60).padStart(2, '0')} s`;
+  return `${Math.floor(t / 3600)} h ${String(Math.floor((t % 3600) / 60)).padStart(2, '0')} min`;
+}
+
+/** A number with at most `digits` decimals ("0.93", "12.5"). */
+export function fmtDec(v, digits = 2) {
+  if (typeof v !== 'number' || !Number.isFinite(v)) return '—';
+  return new Intl.NumberFormat(undefined, {maximumFractionDigits: digits}).format(v);
+}
+
+/** A rate given as a fraction (0..1) shown as a percentage with one decimal: 0.4567 -> "45.7 %". */
+export function fmtRate(fraction) {
+  return typeof fraction === 'number' && Number.isFinite(fraction) ? `${(fraction * 100).toFixed(1)} %` : '—';
+}
+
+export const num = (v) => (v === null || v === undefined || v === '' ? NaN : Number(v));
+
+/**
+ * Rates come as fractions (0..1) per the API; a hub that sends percentages is recognised by
+ * comparing with the counts it came with (`bounces / visits`), so the screen never shows 4500 %.
+ */
+export function asFraction(rate, part, whole) {
+  const v = num(rate);
+  if (!Number.isFinite(v)) return NaN;
+  const p = num(part);
+  const w = num(whole);
+  if (Number.isFinite(p) && Number.isFinite(w) && w > 0) {
+    const f = p / w;
+    if (Math.abs(v - f) <= 0.0015) return v;
+    if (Math.abs(v / 100 - f) <= 0.0015) return v / 100;
+  }
+  return v > 1 ? v / 100 : v;
 }
 
 /** A labelled status/error line; the message is text. */
