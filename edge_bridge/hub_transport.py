@@ -104,6 +104,9 @@ class MqttHubTransport:
         client.on_publish = self._on_publish
         client.max_queued_messages_set(0)
         self._mids: dict[int, str] = {}  # publish mid -> batch id, until the broker's PUBACK
+        # PUBACKs that came in before send() recorded their mid (paho may read the PUBACK on
+        # its thread before publish() has returned here): reason code by mid.
+        self._early_pubacks: dict[int, ReasonCode] = {}
         self._mids_lock = threading.Lock()
         self._client = client
 
@@ -126,14 +129,21 @@ class MqttHubTransport:
         props.UserProperty = [("ek-batch", batch_id)]
         if signature is not None:
             props.UserProperty = [("ek-batch", batch_id), (sync_protocol.SIGNATURE_PROPERTY, signature)]
-        with self._mids_lock:  # held across publish: the PUBACK may arrive before it returns
-            info = self._client.publish(self._batch_topic, payload, qos=1, properties=props)
-            if info.rc == mqtt.MQTT_ERR_SUCCESS:
-                self._mids[info.mid] = batch_id
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            self._loop.call_soon_threadsafe(
-                self._on_failure, batch_id, f"publish failed: {mqtt.error_string(info.rc)}"
-            )
+        # Not under _mids_lock: paho calls on_publish holding its own _out_message_mutex, which
+        # publish() needs too; holding ours across publish() deadlocked the event loop against
+        # paho's thread whenever a PUBACK arrived during the next publish.
+        info = self._client.publish(self._batch_topic, payload, qos=1, properties=props)
+        if info.rc == mqtt.MQTT_ERR_SUCCESS:
+            with self._mids_lock:
+                early = self._early_pubacks.pop(info.mid, None)
+                if early is None:
+                    self._mids[info.mid] = batch_id
+            if early is not None:
+                self._puback(batch_id, early)
+            return
+        self._loop.call_soon_threadsafe(
+            self._on_failure, batch_id, f"publish failed: {mqtt.error_string(info.rc)}"
+        )
 
     # -- network thread -----------------------------------------------------------------------
     def _network(self) -> None:
@@ -225,7 +235,15 @@ class MqttHubTransport:
         instead of surfacing only as a missing ack from the hub."""
         with self._mids_lock:
             batch_id = self._mids.pop(mid, None)
-        if batch_id is not None and reason.is_failure:
+            if batch_id is None:
+                if len(self._early_pubacks) > 10_000:  # never claimed: not ours to keep
+                    self._early_pubacks.clear()
+                self._early_pubacks[mid] = reason
+                return
+        self._puback(batch_id, reason)
+
+    def _puback(self, batch_id: str, reason: ReasonCode) -> None:
+        if reason.is_failure:
             self.last_error = (
                 f"hub broker refused batch {batch_id} on {self._batch_topic}: {reason} "
                 "(its ACL lets this login publish only under its own edge id)"
