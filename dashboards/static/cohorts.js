@@ -4,7 +4,7 @@
 import {apiUrl, csvLink, get} from './api.js';
 import {errorNotice, fill, fmtNum, fmtRate, h, num, section} from './dom.js';
 import {bucketLabel, toMs} from './charts.js';
-import {botsToggle, ensureSite, filterChips, queryOf, sitePicker, withParams} from './state.js';
+import {botsToggle, ensureSite, loadSites, filterChips, queryOf, sitePicker, withParams} from './state.js';
 
 const WEEKS = [4, 8, 12, 26];
 
@@ -45,14 +45,8 @@ export function mount(root, params, ctx) {
     controls, status, sec);
 
   (async () => {
-    let sites = [];
-    try {
-      const data = await get('/api/web/sites', {}, signal);
-      sites = Array.isArray(data?.sites) ? data.sites : [];
-    } catch (err) {
-      if (err.name === 'AbortError') return;
-      status.append(errorNotice(err));
-    }
+    const sites = await loadSites(signal, status);
+    if (sites === null) return;
     const p = ensureSite('cohorts', params, sites);
     const weeks = WEEKS.includes(Number(p.get('weeks'))) ? Number(p.get('weeks')) : 8;
     const weekSel = h('select', {id: 'cohort-weeks', onchange: (e) => ctx.navigate('cohorts', withParams(p, {weeks: e.target.value}))},

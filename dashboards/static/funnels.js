@@ -5,7 +5,7 @@
 
 import {apiUrl, csvLink, get} from './api.js';
 import {asFraction, clear, errorNotice, fill, fmtNum, fmtRate, h, notice, num, section} from './dom.js';
-import {botsToggle, ensureSite, filterChips, queryOf, rangeOf, rangePicker, sitePicker, withParams} from './state.js';
+import {botsToggle, ensureSite, loadSites, filterChips, queryOf, rangeOf, rangePicker, sitePicker, withParams} from './state.js';
 import {dataTable} from './table.js';
 
 const MIN_STEPS = 2;
@@ -43,14 +43,8 @@ export function mount(root, params, ctx) {
     controls, status, editSec, resSec);
 
   (async () => {
-    let sites = [];
-    try {
-      const data = await get('/api/web/sites', {}, signal);
-      sites = Array.isArray(data?.sites) ? data.sites : [];
-    } catch (err) {
-      if (err.name === 'AbortError') return;
-      status.append(errorNotice(err));
-    }
+    const sites = await loadSites(signal, status);
+    if (sites === null) return;
     const p = ensureSite('funnels', params, sites);
     const q = queryOf(p);
     controls.append(sitePicker('funnels', p, ctx, sites), rangePicker('funnels', p, ctx), botsToggle('funnels', p, ctx));

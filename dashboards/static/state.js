@@ -2,7 +2,8 @@
 // (#/web?site=site-1&range=7d&country=DE), turned into the API's common parameters, and the
 // controls that change them. Changing one is a navigation, so the back button undoes it.
 
-import {h} from './dom.js';
+import {get} from './api.js';
+import {errorNotice, h} from './dom.js';
 
 export const HOUR = 3600e3;
 export const DAY = 24 * HOUR;
@@ -135,6 +136,21 @@ export function filterChips(page, params, ctx) {
       ? h('button', {type: 'button', class: 'linkish small', id: 'clear-filters',
         onclick: () => ctx.navigate(page, withParams(params, Object.fromEntries(active.map(([k]) => [k, null]))))}, 'Clear all')
       : null);
+}
+
+/**
+ * The sites the hub knows, for the site picker. A failed call leaves a notice in `status` and
+ * gives [] (the page still works for a site named in the URL); null when the page was left.
+ */
+export async function loadSites(signal, status) {
+  try {
+    const data = await get('/api/web/sites', {}, signal);
+    return Array.isArray(data?.sites) ? data.sites : [];
+  } catch (err) {
+    if (err.name === 'AbortError') return null;
+    status.append(errorNotice(err));
+    return [];
+  }
 }
 
 /** Pick the first site when the URL names none, without a new history entry. */

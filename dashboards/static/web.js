@@ -5,7 +5,7 @@
 import {apiUrl, csvLink, get} from './api.js';
 import {asFraction, clear, errorNotice, fill, fmtNum, fmtRate, fmtSecs, h, notice, num, section} from './dom.js';
 import {buckets, timeChart, toMs} from './charts.js';
-import {botsToggle, ensureSite, filterChips, queryOf, rangeOf, rangePicker, sitePicker, withParams} from './state.js';
+import {botsToggle, ensureSite, loadSites, filterChips, queryOf, rangeOf, rangePicker, sitePicker, withParams} from './state.js';
 
 /** Top-list cards, each with tabs: [dim, tab label, filter param set by clicking a row]. */
 const CARDS = [
@@ -31,14 +31,8 @@ export function mount(root, params, ctx) {
   root.append(head, controls, status, counters, chartSec, tops);
 
   (async () => {
-    let sites = [];
-    try {
-      const data = await get('/api/web/sites', {}, signal);
-      sites = Array.isArray(data?.sites) ? data.sites : [];
-    } catch (err) {
-      if (err.name === 'AbortError') return;
-      status.append(errorNotice(err));
-    }
+    const sites = await loadSites(signal, status);
+    if (sites === null) return;
     const p = ensureSite('web', params, sites);
     const live = {params: p}; // the URL's params, with the tabs' choices as they change
     const q = queryOf(p);
