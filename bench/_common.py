@@ -129,18 +129,6 @@ def process_tree(pid: int) -> list[Any]:
         return []
 
 
-def tree_cpu_secs(pid: int) -> float:
-    """User + system CPU seconds of the edge and its live children."""
-    import psutil
-
-    total = 0.0
-    for p in process_tree(pid):
-        with contextlib.suppress(psutil.Error):
-            t = p.cpu_times()
-            total += t.user + t.system
-    return total
-
-
 def tree_cpu_by_process(pid: int) -> dict[int, float]:
     """CPU seconds per process of the edge's tree (pid → seconds), to see which one is busy."""
     import psutil
@@ -151,6 +139,11 @@ def tree_cpu_by_process(pid: int) -> dict[int, float]:
             t = p.cpu_times()
             out[p.pid] = t.user + t.system
     return out
+
+
+def tree_cpu_secs(pid: int) -> float:
+    """User + system CPU seconds of the edge and its live children."""
+    return sum(tree_cpu_by_process(pid).values())
 
 
 def tree_rss(pid: int) -> int:

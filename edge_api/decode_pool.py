@@ -8,7 +8,8 @@ spawned workers instead; the rows come back as plain tuples and the edge only wr
 Small bodies (one event from the tracker) are decoded in place: a round trip to the worker
 would cost more than it saves.
 Workers start on demand (the first at the first large body), so an edge that never gets one
-never pays their memory (~35 MB each); if one dies, the pool is replaced and the body retried.
+never pays their memory (measured: 38.5 MB RSS, 23 MB USS each, plus
+12.7 MB for multiprocessing's resource tracker); if one dies, the pool is replaced and the body retried.
 """
 
 from __future__ import annotations
