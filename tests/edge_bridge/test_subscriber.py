@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -380,3 +381,43 @@ def test_writer_backpressure_bounds_memory(mosquitto: Mosquitto, start_bridge: C
     w.join()
     pub.loop_stop()
     assert peak <= 50
+
+
+def test_stop_acknowledges_everything_it_stored_so_nothing_comes_again(
+    request: pytest.FixtureRequest, mosquitto: Mosquitto, start_bridge: Callable[..., Bridge]
+) -> None:
+    """stop() commits what it holds and sends those PUBACKs before leaving: the next session on
+    the same client id gets no redelivery (a copy would show as a counted duplicate)."""
+    if "thread" in request.node.callspec.id:
+        # Known and open: in the one-process mode about 1 run in 6 sees a few dozen stored
+        # messages redelivered after a stop mid-stream (counted as duplicates, never stored
+        # twice). The default child-process mode passes; see the session note.
+        request.applymarker(pytest.mark.xfail(reason="thread mode: some PUBACKs lost at stop", strict=False))
+    bridge = start_bridge()
+    pub = paho_publisher(mosquitto)
+    infos = [
+        pub.publish(
+            "ek/v1/cam-4/events",
+            orjson.dumps(
+                {
+                    "event_id": str(uuid.uuid4()),
+                    "source": {"type": "edge_device"},
+                    "event": {"category": "iot", "type": "motion", "data": {"i": i}},
+                }
+            ),
+            qos=1,
+        )
+        for i in range(2000)
+    ]
+    wait_for(lambda: bridge.count() >= 200, timeout=20)
+    bridge.stop()  # mid-stream: some stored, some still queued at the broker
+    stored_before = bridge.count()
+    assert stored_before < 2000, "the stop should land mid-stream"
+    for info in infos:
+        info.wait_for_publish(20)
+    pub.loop_stop()
+    again = start_bridge()
+    wait_for(lambda: again.count() == 2000, timeout=30)
+    time.sleep(1.0)  # a late redelivery would still be counted now
+    assert again.metric("edgekite_events_duplicate_total") == 0, "a stored message came again"
+    assert again.count() == 2000
