@@ -162,6 +162,23 @@ class ChildBridge:
         self._forward.send(("drained",))
 
 
+def send_acks(receiver: MqttReceiver, acks: list[tuple[int, int, int]]) -> None:
+    """PUBACK committed messages, a run of one connection's QoS 1 packet ids per write."""
+    run: list[int] = []
+    run_generation = -1
+    for generation, mid, qos in acks:
+        if qos != 1:
+            receiver.ack(generation, mid, qos)  # QoS 0 needs none; QoS 2 is not subscribed
+            continue
+        if generation != run_generation and run:
+            receiver.ack_many(run_generation, run)
+            run = []
+        run_generation = generation
+        run.append(mid)
+    if run:
+        receiver.ack_many(run_generation, run)
+
+
 def serve(ctl: Connection, out: Connection) -> int:
     start = pickle.loads(ctl.recv_bytes())  # noqa: S301 - our parent, a private pipe
     if start[0] != "start":
@@ -171,13 +188,12 @@ def serve(ctl: Connection, out: Connection) -> int:
     setup_logging(config.log.level, config.log.format)
     bridge = ChildBridge(config, url, out, generation_base)
     bridge.start()
-    ack = bridge.receiver.ack
+    receiver = bridge.receiver
     while True:
         msg = pickle.loads(ctl.recv_bytes())  # noqa: S301 - our parent, a private pipe
         kind = msg[0]
         if kind == "acks":
-            for generation, mid, qos in msg[1]:
-                ack(generation, mid, qos)
+            send_acks(receiver, msg[1])
         elif kind == "stop":
             bridge.drain()
         elif kind == "disconnect":

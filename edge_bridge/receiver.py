@@ -24,6 +24,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edge_bridge.paho_client import ReceiverClient
 from edgekite.broker_url import BrokerAddress
 from edgekite.config import EdgeConfig
 
@@ -60,7 +61,7 @@ class MqttReceiver:
         self._disconnected = threading.Event()
         mc = config.mqtt
         self._v5 = mc.protocol == "5" or (mc.protocol == "auto" and bool(config.mqtt.url))
-        self._client = mqtt.Client(
+        self._client = ReceiverClient(
             CallbackAPIVersion.VERSION2,
             client_id=mc.client_id,
             protocol=mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311,
@@ -77,7 +78,8 @@ class MqttReceiver:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_subscribe = self._on_subscribe
-        self._client.on_message = self._on_message
+        self._client.on_message = self._on_message  # QoS 2, or a paho without the fast path
+        self._client.fast_on_publish = self._on_publish
 
     def start(self) -> None:
         mc = self._cfg.mqtt
@@ -100,6 +102,11 @@ class MqttReceiver:
         redelivers those, and the store counts the copy as a duplicate)."""
         if qos > 0 and generation == self.generation:
             self._client.ack(mid, qos)
+
+    def ack_many(self, generation: int, mids: list[int]) -> None:
+        """PUBACK the QoS 1 messages of one committed batch in one write."""
+        if mids and generation == self.generation:
+            self._client.ack_many(mids)
 
     def stop_reading(self) -> None:
         """Messages from now on are left unacknowledged: the broker keeps them for our session."""
@@ -175,9 +182,14 @@ class MqttReceiver:
         if self.reading.is_set():
             log.warning("bridge lost the broker (%s); paho reconnects with backoff", reason)
 
-    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+    def _on_publish(self, topic: str, payload: bytes, dup: bool, mid: int, qos: int) -> None:
         if not self.reading.is_set():
             return  # not acknowledged: the broker keeps it for our session
+        self._handle(topic, payload, dup, mid, qos, self.generation)
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        if not self.reading.is_set():
+            return
         self._handle(msg.topic, bytes(msg.payload), bool(msg.dup), msg.mid, msg.qos, self.generation)
 
 
