@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -62,6 +63,7 @@ def open_receiver(
 
 def publisher(broker: Mosquitto, protocol: int = mqtt.MQTTv5) -> mqtt.Client:
     client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=protocol)
+    client.max_inflight_messages_set(1000)
     client.connect(broker.host, broker.port)
     client.loop_start()
     return client
@@ -178,3 +180,32 @@ def test_unread_bytes_of_a_closed_connection_are_never_read_as_the_next_ones() -
     client._sock_close()
     with pytest.raises(ConnectionError):
         client._sock_recv(1)  # no socket: nothing may come out of the old buffer
+
+
+def test_pubacks_sent_just_before_leaving_reach_the_broker_while_it_is_still_sending(
+    mosquitto: Mosquitto, open_receiver: Callable[..., tuple[MqttReceiver, Received]]
+) -> None:
+    """A stop mid-stream: the broker is still sending when the bridge acks what it stored and
+    leaves. Closing with unread bytes would reset the connection and the broker would drop the
+    PUBACKs it had not read yet; those stored messages would then come again."""
+    rx, got = open_receiver("5", client_id="bridge-leaving")
+    pub = publisher(mosquitto)
+    try:
+        infos = [pub.publish("ek/v1/s/events", b"%d" % i + b" " * 200, qos=1) for i in range(12_000)]
+        wait_for(lambda: len(got.messages) >= 1500)  # unacknowledged, Receive Maximum is 2000
+        rx.stop_reading()  # from here on nothing is stored (nor acknowledged)
+        stored = list(got.messages)
+        rx.ack_many(stored[0][5], [mid for _, _, _, mid, _, _ in stored])  # one burst, then leave
+        rx.disconnect()
+        stored_payloads = {p for _, p, *_ in stored}
+        for info in infos:
+            info.wait_for_publish(30)
+        _, again = open_receiver("5", client_id="bridge-leaving")
+        # The rest arrives (unacknowledged, as a test receiver does not ack): one window of it.
+        wait_for(lambda: len(again.messages) >= 1900, timeout=30)
+        time.sleep(0.5)
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+    came_again = [p for _, p, *_ in again.messages if p in stored_payloads]
+    assert came_again == [], f"{len(came_again)} of {len(stored)} acknowledged messages came again"
