@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The bridge's receive path alone: stock paho vs ``edge_bridge.paho_client.ReceiverClient``.
+"""The bridge's receive path alone: stock paho vs ``edgekite.paho_client.ReceiverClient``.
 
 Per round and variant: a fresh Mosquitto; the bridge's session is created, left, and the load
 (single-envelope messages of the simulator's mix, 8 ``mosquitto_pub -l -q 1`` publishers) is
@@ -40,8 +40,8 @@ from _common import (
 
 import edge_bridge.receiver as receiver_mod
 from edge_bridge.inbound import InboundRouter
-from edge_bridge.paho_client import ReceiverClient
 from edgekite.config import EdgeConfig
+from edgekite.paho_client import ReceiverClient
 
 VARIANTS = ("stock", "fast", "batched")
 ACK_BATCH = 100

@@ -24,9 +24,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge_bridge.paho_client import ReceiverClient
 from edgekite.broker_url import BrokerAddress
 from edgekite.config import EdgeConfig
+from edgekite.paho_client import ReceiverClient
 
 log = logging.getLogger(__name__)
 

@@ -36,6 +36,7 @@ from edgekite.broker_url import BrokerAddress
 from edgekite.config import HubMqttSection
 from edgekite.hub_metrics import HubMetrics
 from edgekite.hubstore import HubStore
+from edgekite.paho_client import ReceiverClient
 from edgekite.sync_protocol import SIGNATURE_PROPERTY, Ack
 from edgekite.topics import edge_id_from_batch_topic, hub_ack_topic, hub_batch_share_filter, hub_status_topic
 from hub_ingest.processor import BatchProcessor, PreparedBatch
@@ -120,11 +121,14 @@ class Consumer:
         self._addr = BrokerAddress.parse(cfg.url, what="mqtt.url")
         self._connected = threading.Event()
         self._stopping = threading.Event()
+        self._left = threading.Event()
         self._generation = 0
         self._pending = 0
         self._pending_lock = threading.Lock()
         self.last_error: str | None = None
-        client = mqtt.Client(
+        # ReceiverClient: at disconnect it reads until the broker closes, so the PUBACKs of the
+        # last batches are not lost to a connection reset (they would come again, as duplicates).
+        client = ReceiverClient(
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             protocol=mqtt.MQTTv5,
@@ -178,7 +182,13 @@ class Consumer:
             info = self._client.publish(hub_status_topic(), OFFLINE, qos=1, retain=True)
             with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(2)
-        self._client.disconnect()
+        # PUBACKs already queued go out before DISCONNECT, and DISCONNECT before the loop stops:
+        # loop_stop() right after disconnect() could end paho's loop with them still queued.
+        while self._client.want_write() and time.monotonic() < deadline + 2:
+            time.sleep(0.01)
+        self._left.clear()
+        if self._client.disconnect() == mqtt.MQTT_ERR_SUCCESS:
+            self._left.wait(10)
         self._client.loop_stop()
         self._connected.clear()
         self._on_state()
@@ -232,6 +242,7 @@ class Consumer:
         reason: ReasonCode,
         properties: Properties | None,
     ) -> None:
+        self._left.set()
         self._connected.clear()
         self._on_state()
         if not self._stopping.is_set():

@@ -16,8 +16,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_bridge import paho_client
 from edge_bridge.receiver import MqttReceiver
+from edgekite import paho_client
 from edgekite.config import EdgeConfig
 from tests.conftest import Mosquitto, wait_for
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import random
@@ -190,3 +191,33 @@ def test_kill9_of_the_hub_mid_ingest_loses_and_doubles_nothing(tmp_path: Path, b
 @pytest.mark.slow
 def test_kill9_of_the_hub_repeatedly(tmp_path: Path, broker: Mosquitto) -> None:
     _kill_and_recover(tmp_path, broker, rounds=4, seed=8)
+
+
+def test_a_hub_stopped_mid_stream_leaves_no_stored_batch_to_come_again(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """SIGTERM while batches flow: the hub PUBACKs every batch it stored before it leaves, so the
+    next hub gets only the batches the first one had not taken (none answered as a duplicate)."""
+    n_batches = 150
+    payloads = [batch("edge-a", f"s:{i}", envelopes(40, seed=5000 + i)) for i in range(n_batches)]
+    data_dir = tmp_path / "hub"
+    env = {"EDGEKITE_HUB_MQTT__CONSUMERS": "2"}  # the consumer stopped first has no last word
+    hub = HubProcess(data_dir, "--mqtt-url", broker.url, env=env).start()
+    edge = FakeEdge(broker, "edge-a")
+    for p in payloads:
+        edge.send(p)
+    first = edge.collect(30)  # the stop lands while the rest is still coming
+    assert hub.terminate() == 0
+    hub = HubProcess(data_dir, "--mqtt-url", broker.url, env=env).start()
+    acked = {a.batch_id for a in first}
+    deadline = time.monotonic() + 60
+    while len(acked) < n_batches and time.monotonic() < deadline:
+        with contextlib.suppress(queue.Empty):
+            acked.add(edge.acks.get(timeout=1).batch_id)
+    assert len(acked) == n_batches
+    text = http("GET", f"{hub.http_url}/metrics")[2]
+    assert metric(text, "edgekite_hub_batches_duplicate_total") == 0, "a stored batch came again"
+    fleet = http("GET", f"{hub.http_url}/api/fleet")[2]
+    assert fleet["edges"][0]["events"] == n_batches * 40
+    edge.close()
+    assert hub.terminate() == 0
