@@ -145,7 +145,9 @@ class ReceiverClient(mqtt.Client):
                 if qos:
                     mid = (packet[end] << 8) | packet[end + 1]
                     end += 2
-                if self._protocol == mqtt.MQTTv5:  # skip the properties: none are used here
+                # MQTT 5 properties are skipped: none is used, and no Topic Alias can come (the
+                # broker is never offered any), so the topic is always in the packet.
+                if self._protocol == mqtt.MQTTv5:
                     length, mult = 0, 1
                     while True:
                         byte = packet[end]
