@@ -135,7 +135,7 @@ class ReceiverClient(mqtt.Client):
             handler = self.fast_on_publish
             header: int = self._in_packet["command"]
             qos = (header >> 1) & 3
-            if handler is None or qos == 2:
+            if handler is None or qos == 2 or not self._manual_ack:  # paho acks those itself
                 return super()._handle_publish()
             packet = self._in_packet["packet"]
             try:
