@@ -167,8 +167,7 @@ def send_acks(receiver: MqttReceiver, acks: list[tuple[int, int, int]]) -> None:
     run: list[int] = []
     run_generation = -1
     for generation, mid, qos in acks:
-        if qos != 1:
-            receiver.ack(generation, mid, qos)  # QoS 0 needs none; QoS 2 is not subscribed
+        if qos != 1:  # QoS 0 needs no PUBACK; QoS 2 never comes (the subscription is QoS 1)
             continue
         if generation != run_generation and run:
             receiver.ack_many(run_generation, run)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
-import time
 from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
@@ -58,7 +57,6 @@ class MqttReceiver:
         self.generation = generation_base
         self.reading = threading.Event()
         self.reading.set()
-        self._disconnected = threading.Event()
         mc = config.mqtt
         self._v5 = mc.protocol == "5" or (mc.protocol == "auto" and bool(config.mqtt.url))
         self._client = ReceiverClient(
@@ -112,20 +110,9 @@ class MqttReceiver:
         """Messages from now on are left unacknowledged: the broker keeps them for our session."""
         self.reading.clear()
 
-    def disconnect(self, timeout: float = 5.0) -> None:
-        """Leave the broker after the PUBACKs already queued have gone out.
-
-        paho writes its queue in order and DISCONNECT after it, but ``loop_stop()`` right after
-        ``disconnect()`` can end the network loop before that: the broker then redelivers
-        messages that were stored, and the next session counts them as duplicates.
-        """
-        deadline = time.monotonic() + timeout
-        while self._client.want_write() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        self._disconnected.clear()
-        self._client.disconnect()
-        self._disconnected.wait(max(0.0, deadline - time.monotonic()))
-        self._client.loop_stop()
+    def disconnect(self, timeout: float = 10.0) -> None:
+        """Leave the broker after the PUBACKs already queued have gone out (``ReceiverClient.leave``)."""
+        self._client.leave(timeout)
 
     # -- paho callbacks (paho's thread) -----------------------------------------------------
     def _on_connect(
@@ -177,7 +164,6 @@ class MqttReceiver:
         reason: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        self._disconnected.set()
         self._status(False, None, False)
         if self.reading.is_set():
             log.warning("bridge lost the broker (%s); paho reconnects with backoff", reason)

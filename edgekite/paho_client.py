@@ -171,6 +171,23 @@ class ReceiverClient(mqtt.Client):
             with contextlib.suppress(BlockingIOError):  # already full of wake-ups
                 pair.send(b"0")
 
+    def leave(self, timeout: float = 10.0) -> None:
+        """Disconnect and stop paho's loop without losing what is queued.
+
+        paho writes its queue in order and DISCONNECT after it, but ``loop_stop()`` right after
+        ``disconnect()`` can end the loop with PUBACKs still queued: the broker then redelivers
+        messages that were stored, and the next session counts them as duplicates. So: wait for
+        the queue to empty, disconnect, wait for the connection to close (which includes
+        ``drain_until_closed``), then stop the loop.
+        """
+        deadline = time.monotonic() + timeout
+        while self.want_write() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if self.disconnect() == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            while self._sock is not None and time.monotonic() < deadline:
+                time.sleep(0.01)
+        self.loop_stop()
+
     def ack_many(self, mids: Iterable[int]) -> None:
         """Queue one PUBACK per packet id, sent as one write (QoS 1 only)."""
         if not INTERNALS_OK:

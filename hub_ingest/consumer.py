@@ -121,7 +121,6 @@ class Consumer:
         self._addr = BrokerAddress.parse(cfg.url, what="mqtt.url")
         self._connected = threading.Event()
         self._stopping = threading.Event()
-        self._left = threading.Event()
         self._generation = 0
         self._pending = 0
         self._pending_lock = threading.Lock()
@@ -182,14 +181,7 @@ class Consumer:
             info = self._client.publish(hub_status_topic(), OFFLINE, qos=1, retain=True)
             with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(2)
-        # PUBACKs already queued go out before DISCONNECT, and DISCONNECT before the loop stops:
-        # loop_stop() right after disconnect() could end paho's loop with them still queued.
-        while self._client.want_write() and time.monotonic() < deadline + 2:
-            time.sleep(0.01)
-        self._left.clear()
-        if self._client.disconnect() == mqtt.MQTT_ERR_SUCCESS:
-            self._left.wait(10)
-        self._client.loop_stop()
+        self._client.leave(10)  # the PUBACKs already queued go out first
         self._connected.clear()
         self._on_state()
 
@@ -242,7 +234,6 @@ class Consumer:
         reason: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        self._left.set()
         self._connected.clear()
         self._on_state()
         if not self._stopping.is_set():

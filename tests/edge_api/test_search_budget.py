@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from edge_api import queries
-from edgekite.config import EdgeConfig
+from edgekite.config import EdgeConfig, load_edge_config
 from edgekite.ingest import decode_message
 from edgekite.metrics import EdgeMetrics
 from edgekite.store import EdgeStore, IngestResult, WriteItem
@@ -25,8 +25,6 @@ MATCH_EVERY = 1_000  # events 0, 1000, ... carry the needle
 
 @pytest.fixture(scope="module")
 def reader(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Reader, int]]:
-    from edgekite.config import load_edge_config
-
     data = tmp_path_factory.mktemp("search")
     cfg: EdgeConfig = load_edge_config(environ={}, overrides={"edge": {"data_dir": str(data)}})
     store = EdgeStore(cfg, EdgeMetrics()).open()
