@@ -184,7 +184,9 @@ class StoreSection(_Section):
     batch_max_wait_ms: float = Field(
         5, ge=0, description="How long the writer waits to fill a batch once it has something."
     )
-    queue_max_messages: int = Field(4000, ge=10, description="Two MQTT receive windows is plenty.")
+    queue_max_messages: int = Field(
+        4000, ge=10, description="Items in the ingest queue: a message, a group of messages or an HTTP batch."
+    )
     queue_max_bytes: int = Field(
         4 * 1024**2,
         ge=1024**2,
