@@ -34,12 +34,17 @@ import sys
 import threading
 import time
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+import orjson
 
 from edge_bridge.inbound import ITEM_OVERHEAD_BYTES, InboundRouter, fingerprint_if_needed, rejection_summary
 from edge_bridge.receiver import MqttReceiver
-from edgekite.config import EdgeConfig
+from edgekite.config_view import ConfigView
 from edgekite.logs import setup_logging
+
+if TYPE_CHECKING:  # the child gets a plain view of the edge's validated config, not the models
+    from edgekite.config import EdgeConfig
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +188,8 @@ def serve(ctl: Connection, out: Connection) -> int:
     if start[0] != "start":
         raise SystemExit(f"bridge process: expected a start message, got {start[0]!r}")
     _, config_json, url, generation_base = start
-    config = EdgeConfig.model_validate_json(config_json)
+    # Validated by the edge; the view has the same attributes, and pydantic stays unloaded here.
+    config = cast("EdgeConfig", ConfigView(orjson.loads(config_json)))
     setup_logging(config.log.level, config.log.format)
     bridge = ChildBridge(config, url, out, generation_base)
     bridge.start()

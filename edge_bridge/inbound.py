@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from edge_bridge.mapping import MappingError, map_message
-from edgekite.config import EdgeConfig, TopicMapping
 from edgekite.ingest import (
     Decoded,
     Rejection,
@@ -20,7 +19,8 @@ from edgekite.ingest import (
 )
 from edgekite.topics import matches, source_id_from_topic
 
-if TYPE_CHECKING:  # the bridge's child process decodes without loading the store
+if TYPE_CHECKING:  # the bridge's child process decodes without loading the store or pydantic
+    from edgekite.config import EdgeConfig, TopicMapping
     from edgekite.store import WriteItem
 
 # Per-item bookkeeping on top of the payload, so the queue's byte bound is honest.

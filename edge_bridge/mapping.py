@@ -7,11 +7,13 @@ then goes through the same validation as a native envelope.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from edgekite.config import TopicMapping
 from edgekite.ingest import derived_event_id
+
+if TYPE_CHECKING:  # annotations only: the bridge's child process runs without pydantic
+    from edgekite.config import TopicMapping
 
 _FIELD = re.compile(r"\{([^{}]+)\}")
 _NOT_TYPE_CHAR = re.compile(r"[^A-Za-z0-9_.:-]+")

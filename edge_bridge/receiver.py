@@ -16,6 +16,7 @@ import logging
 import ssl
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -24,8 +25,10 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edgekite.broker_url import BrokerAddress
-from edgekite.config import EdgeConfig
 from edgekite.paho_client import ReceiverClient
+
+if TYPE_CHECKING:  # annotations only: the bridge's child process runs without pydantic
+    from edgekite.config import EdgeConfig
 
 log = logging.getLogger(__name__)
 

@@ -8,76 +8,39 @@ level of the envelope's own structure (a typo must not vanish silently); the fre
 
 from __future__ import annotations
 
-import re
-from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from uuid import UUID
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-SourceType = Literal["browser", "edge_device", "server", "mobile"]
-Category = Literal["web", "iot", "app", "ops", "security"]
-Severity = Literal["debug", "info", "warn", "error", "critical"]
-RetentionClass = Literal["short", "standard", "long"]
-
-SOURCE_TYPES: tuple[str, ...] = SourceType.__args__  # type: ignore[attr-defined]
-CATEGORIES: tuple[str, ...] = Category.__args__  # type: ignore[attr-defined]
-SEVERITIES: tuple[str, ...] = Severity.__args__  # type: ignore[attr-defined]
-RETENTION_CLASSES: tuple[str, ...] = RetentionClass.__args__  # type: ignore[attr-defined]
-
-# A source id is also an MQTT topic level, so it may not hold '/', '+', '#' or spaces.
-SOURCE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
-# An edge id is an MQTT topic level and a ClickHouse value: narrower than a source id.
-EDGE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-SOURCE_ID_RE = re.compile(SOURCE_ID_PATTERN)
-EVENT_TYPE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
-SHA256_PATTERN = r"^[0-9a-fA-F]{64}$"
-
-# Attachments are references to media kept out of band; these schemes name a place, not bytes.
-ATTACHMENT_SCHEMES = frozenset({"file", "http", "https", "s3", "rtsp", "nvr", "media", "ftp", "sftp"})
-
-# Epoch milliseconds outside this range are not times at all (year 1970..3000); refuse them
-# rather than flag them, since no clock is that wrong.
-_MIN_MS = 0
-_MAX_MS = 32_503_680_000_000
-
-
-def parse_timestamp(value: Any) -> int:
-    """Epoch milliseconds from an ISO-8601 string or an epoch-ms number.
-
-    Naive ISO times (no offset) are taken as UTC: field devices without a timezone
-    database almost always mean UTC, and guessing the edge's local zone would be worse.
-    """
-    if isinstance(value, bool):
-        raise ValueError("a timestamp must be ISO-8601 text or epoch milliseconds, not a boolean")
-    if isinstance(value, int | float):
-        ms = int(value)
-    elif isinstance(value, str):
-        text = value.strip()
-        if not text:
-            raise ValueError("empty timestamp")
-        if text.lstrip("-").isdigit():
-            ms = int(text)
-        else:
-            try:
-                dt = datetime.fromisoformat(text)
-            except ValueError:
-                raise ValueError(f"unparseable timestamp {value[:40]!r}: use ISO-8601 or epoch ms") from None
-            if dt.tzinfo is None:
-                dt = dt.replace(tzinfo=UTC)
-            ms = int(dt.timestamp() * 1000)
-    else:
-        raise ValueError("a timestamp must be ISO-8601 text or epoch milliseconds")
-    if not _MIN_MS <= ms <= _MAX_MS:
-        raise ValueError(f"timestamp {ms} ms is outside 1970..3000")
-    return ms
-
+from edgekite.envelope_rules import (
+    ATTACHMENT_KIND_PATTERN,
+    ATTACHMENT_SCHEMES,
+    ATTACHMENT_URI_MAX,
+    ATTACHMENTS_MAX,
+    CATEGORIES,
+    EDGE_ID_PATTERN,
+    EVENT_TYPE_PATTERN,
+    RETENTION_CLASSES,
+    SEVERITIES,
+    SHA256_PATTERN,
+    SOURCE_ID_PATTERN,
+    SOURCE_ID_RE,
+    SOURCE_TYPES,
+    STR_MAX,
+    Category,
+    RetentionClass,
+    Severity,
+    SourceType,
+    attachment_uri_problem,
+    parse_timestamp,
+)
 
 EpochMs = Annotated[int, BeforeValidator(parse_timestamp)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_max_length=4096, frozen=False)
+    model_config = ConfigDict(extra="forbid", str_max_length=STR_MAX, frozen=False)
 
 
 class Source(_Strict):
@@ -102,8 +65,8 @@ class Correlation(_Strict):
 
 
 class Attachment(_Strict):
-    kind: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")
-    uri: str = Field(max_length=2048)
+    kind: str = Field(pattern=ATTACHMENT_KIND_PATTERN)
+    uri: str = Field(max_length=ATTACHMENT_URI_MAX)
     sha256: str | None = Field(None, pattern=SHA256_PATTERN)
     size_bytes: int | None = Field(None, ge=0)
     content_type: str | None = Field(None, max_length=128)
@@ -111,14 +74,9 @@ class Attachment(_Strict):
     @field_validator("uri")
     @classmethod
     def _reference_not_blob(cls, v: str) -> str:
-        scheme, sep, _ = v.partition(":")
-        if not sep:
-            raise ValueError("attachment uri needs a scheme (file://, https://, s3://, ...)")
-        scheme = scheme.lower()
-        if scheme == "data":
-            raise ValueError("inline data: URIs are refused; attachments are references to stored media")
-        if scheme not in ATTACHMENT_SCHEMES:
-            raise ValueError(f"attachment uri scheme {scheme!r} is not one of {sorted(ATTACHMENT_SCHEMES)}")
+        problem = attachment_uri_problem(v)
+        if problem is not None:
+            raise ValueError(problem)
         return v
 
 
@@ -141,7 +99,7 @@ class Envelope(_Strict):
     source: Source
     event: EventBody
     correlation: Correlation | None = None
-    attachments: list[Attachment] = Field(default_factory=list, max_length=32)
+    attachments: list[Attachment] = Field(default_factory=list, max_length=ATTACHMENTS_MAX)
     privacy: Privacy = Field(default_factory=Privacy)
     sync: Sync | None = None
 
@@ -152,3 +110,25 @@ def json_schema() -> dict[str, Any]:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "EdgeKite event envelope"
     return schema
+
+
+__all__ = [
+    "ATTACHMENT_SCHEMES",
+    "CATEGORIES",
+    "EDGE_ID_PATTERN",
+    "EVENT_TYPE_PATTERN",
+    "RETENTION_CLASSES",
+    "SEVERITIES",
+    "SOURCE_ID_PATTERN",
+    "SOURCE_ID_RE",
+    "SOURCE_TYPES",
+    "Attachment",
+    "Correlation",
+    "Envelope",
+    "EventBody",
+    "Privacy",
+    "Source",
+    "Sync",
+    "json_schema",
+    "parse_timestamp",
+]

@@ -11,29 +11,39 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 import orjson
 import uuid_utils
-from pydantic import ValidationError
 
-from edgekite.config import LimitsSection
-from edgekite.envelope import (
+from edgekite.envelope_rules import (
+    ATTACHMENT_KEYS,
+    ATTACHMENT_KIND_PATTERN,
+    ATTACHMENT_URI_MAX,
+    ATTACHMENTS_MAX,
     CATEGORIES,
+    CORRELATION_KEYS,
+    ENVELOPE_KEYS,
+    EVENT_KEYS,
     EVENT_TYPE_PATTERN,
+    PRIVACY_KEYS,
     RETENTION_CLASSES,
     SEVERITIES,
+    SHA256_PATTERN,
     SOURCE_ID_PATTERN,
+    SOURCE_KEYS,
     SOURCE_TYPES,
-    Correlation,
-    Envelope,
-    EventBody,
-    Privacy,
-    Source,
-    Sync,
+    SYNC_KEYS,
+    attachment_uri_problem,
     parse_timestamp,
 )
+
+if TYPE_CHECKING:  # pydantic is loaded only when an envelope leaves the fast path (see _fast_fields)
+    from pydantic import ValidationError
+
+    from edgekite.config import LimitsSection
+    from edgekite.envelope import Envelope
 
 FLAG_SKEW_FUTURE = 1
 FLAG_SKEW_PAST = 2
@@ -216,18 +226,21 @@ class _Fields(NamedTuple):
     source_seq: int | None
 
 
-_TOP_KEYS = frozenset(Envelope.model_fields)
-_SOURCE_KEYS = frozenset(Source.model_fields)
-_EVENT_KEYS = frozenset(EventBody.model_fields)
-_CORRELATION_KEYS = frozenset(Correlation.model_fields)
-_PRIVACY_KEYS = frozenset(Privacy.model_fields)
-_SYNC_KEYS = frozenset(Sync.model_fields)
+_TOP_KEYS = frozenset(ENVELOPE_KEYS)
+_SOURCE_KEYS = frozenset(SOURCE_KEYS)
+_EVENT_KEYS = frozenset(EVENT_KEYS)
+_CORRELATION_KEYS = frozenset(CORRELATION_KEYS)
+_ATTACHMENT_KEYS = frozenset(ATTACHMENT_KEYS)
+_PRIVACY_KEYS = frozenset(PRIVACY_KEYS)
+_SYNC_KEYS = frozenset(SYNC_KEYS)
 _SOURCE_TYPES = frozenset(SOURCE_TYPES)
 _CATEGORIES = frozenset(CATEGORIES)
 _SEVERITIES = frozenset(SEVERITIES)
 _RETENTION = frozenset(RETENTION_CLASSES)
 _SOURCE_ID_FULL = re.compile(SOURCE_ID_PATTERN.removeprefix("^").removesuffix("$"))
 _EVENT_TYPE_FULL = re.compile(EVENT_TYPE_PATTERN.removeprefix("^").removesuffix("$"))
+_ATTACHMENT_KIND_FULL = re.compile(ATTACHMENT_KIND_PATTERN.removeprefix("^").removesuffix("$"))
+_SHA256_FULL = re.compile(SHA256_PATTERN.removeprefix("^").removesuffix("$"))
 _MAX_SEQ = 2**63 - 1
 
 
@@ -294,8 +307,9 @@ def _fast_fields(obj: dict[str, Any]) -> _Fields | None:
         if not (_opt_str(cid, 128) and _opt_str(sess, 128) and _opt_str(inc, 128)):
             return None
         correlation = (cid, sess, inc)
-    if obj.get("attachments", []) != []:
-        return None  # references are checked by the model (schemes, hashes)
+    attachments = _fast_attachments(obj.get("attachments", []))
+    if attachments is None:
+        return None
     privacy = obj.get("privacy", {})
     if type(privacy) is not dict or not privacy.keys() <= _PRIVACY_KEYS:
         return None
@@ -314,8 +328,43 @@ def _fast_fields(obj: dict[str, Any]) -> _Fields | None:
             return None
     return _Fields(
         eid, observed_at, source_type, sid, version, metadata, category, etype, severity, schema_version,
-        data, correlation, [], pii, retention, seq,
+        data, correlation, attachments, pii, retention, seq,
     )  # fmt: skip
+
+
+def _fast_attachments(items: Any) -> list[dict[str, Any]] | None:
+    """Camera events carry a thumbnail reference, so attachments have a fast path too.
+
+    Returns the model's ``model_dump(exclude_none=True)`` of each (its field order, Nones left
+    out), or None for anything the model should judge.
+    """
+    if type(items) is not list or len(items) > ATTACHMENTS_MAX:
+        return None
+    out = []
+    for a in items:
+        if type(a) is not dict or not a.keys() <= _ATTACHMENT_KEYS:
+            return None
+        kind, uri = a.get("kind"), a.get("uri")
+        if type(kind) is not str or not _ATTACHMENT_KIND_FULL.fullmatch(kind):
+            return None
+        if type(uri) is not str or len(uri) > ATTACHMENT_URI_MAX or attachment_uri_problem(uri) is not None:
+            return None
+        sha, size, ctype = a.get("sha256"), a.get("size_bytes"), a.get("content_type")
+        if sha is not None and (type(sha) is not str or not _SHA256_FULL.fullmatch(sha)):
+            return None
+        if size is not None and (type(size) is not int or size < 0):
+            return None
+        if not _opt_str(ctype, 128):
+            return None
+        item: dict[str, Any] = {"kind": kind, "uri": uri}
+        if sha is not None:
+            item["sha256"] = sha
+        if size is not None:
+            item["size_bytes"] = size
+        if ctype is not None:
+            item["content_type"] = ctype
+        out.append(item)
+    return out
 
 
 def _model_fields(env: Envelope) -> _Fields:
@@ -365,6 +414,10 @@ def envelope_to_row(
             return reject(*shape)
     f = _fast_fields(obj) if fast else None
     if f is None:
+        from pydantic import ValidationError
+
+        from edgekite.envelope import Envelope
+
         try:
             f = _model_fields(Envelope.model_validate(obj))
         except ValidationError as exc:

@@ -6,7 +6,7 @@ Devices publish to ``ek/v1/<source_id>/events``; the edge forwards to the hub on
 
 from __future__ import annotations
 
-from edgekite.envelope import SOURCE_ID_RE
+from edgekite.envelope_rules import SOURCE_ID_RE
 
 PREFIX = "ek/v1"
 EVENTS_FILTER = f"{PREFIX}/+/events"

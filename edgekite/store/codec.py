@@ -20,6 +20,9 @@ import zstandard
 MIN_COMPRESS_BYTES = 48
 DICT_BYTES = 32 * 1024
 LEVEL = 3
+# fastCover's hash table is 2^f counters; zstd's default f=20 made training the edge's largest
+# allocation (13 MB on 5,000 events against 3.6 MB at f=16) for 1 % better compression.
+TRAIN_F = 16
 
 
 class UnknownDictionaryError(LookupError):
@@ -62,7 +65,7 @@ class PayloadCodec:
 
     def train(self, conn: sqlite3.Connection, samples: Sequence[bytes], now_ms: int) -> int:
         """Train a dictionary from recent payloads and store it (inside the caller's transaction)."""
-        data = zstandard.train_dictionary(DICT_BYTES, list(samples), level=LEVEL).as_bytes()
+        data = zstandard.train_dictionary(DICT_BYTES, list(samples), level=LEVEL, f=TRAIN_F).as_bytes()
         (next_id,) = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM zstd_dicts").fetchone()
         if next_id > 255:
             raise ValueError("no dictionary ids left")

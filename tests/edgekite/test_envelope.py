@@ -7,6 +7,7 @@ import uuid
 import orjson
 import pytest
 
+from edgekite import envelope, envelope_rules
 from edgekite.config import LimitsSection
 from edgekite.envelope import json_schema, parse_timestamp
 from edgekite.ingest import (
@@ -292,3 +293,18 @@ def test_the_byte_count_shortcut_never_skips_a_shape_that_fails() -> None:
             assert check_shape(obj, limits) is None, obj
     assert shape_cannot_fail(orjson.dumps(cases[0]), limits)
     assert not shape_cannot_fail(orjson.dumps(cases[1]), limits)
+
+
+def test_the_plain_rules_name_the_models_fields_in_order() -> None:
+    """The fast path (no pydantic) and the models must agree on which keys an envelope may hold."""
+    pairs = [
+        (envelope_rules.ENVELOPE_KEYS, envelope.Envelope),
+        (envelope_rules.SOURCE_KEYS, envelope.Source),
+        (envelope_rules.EVENT_KEYS, envelope.EventBody),
+        (envelope_rules.CORRELATION_KEYS, envelope.Correlation),
+        (envelope_rules.ATTACHMENT_KEYS, envelope.Attachment),
+        (envelope_rules.PRIVACY_KEYS, envelope.Privacy),
+        (envelope_rules.SYNC_KEYS, envelope.Sync),
+    ]
+    for keys, model in pairs:
+        assert keys == tuple(model.model_fields), model.__name__

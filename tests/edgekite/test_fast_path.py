@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from edgekite.config import LimitsSection
-from edgekite.ingest import EventRow, Rejection, envelope_to_row
+from edgekite.ingest import EventRow, Rejection, _fast_fields, envelope_to_row
 from edgekite.simulate import TrafficGenerator
 
 NOW = 1_795_400_000_000
@@ -99,3 +99,54 @@ def test_mutated_envelopes_agree_between_paths(seed: int) -> None:
             assert comparable(fast, bad) == comparable(model, bad), bad
             accepted_fast += 1
     assert accepted_fast > 100, "the mutations should not all be fatal"
+
+
+GOOD_ATTACHMENT: dict[str, Any] = {
+    "kind": "thumbnail",
+    "uri": "nvr://cam-1/2026/11/23/clip.jpg",
+    "sha256": "ab" * 32,
+    "size_bytes": 48213,
+    "content_type": "image/jpeg",
+}
+ODD_ATTACHMENT_VALUES: list[Any] = [
+    None, True, 0, -1, 5.0, "5", "", "Thumb", "thumb nail", "x" * 33, "data:image/png;base64,AAAA",
+    "DATA:x", "javascript:alert(1)", "no-scheme", "file:///a", "HTTPS://a/b", "ab" * 31, "AB" * 32,
+    "s3://" + "x" * 2044, "s3://" + "x" * 2043, "t" * 129, [], {},
+]  # fmt: skip
+
+
+def test_camera_events_with_thumbnails_take_the_fast_path() -> None:
+    gen = TrafficGenerator(seed=3)
+    with_attachments = 0
+    for _ in range(3000):
+        _, env = gen.next_event()
+        if env.get("attachments"):
+            with_attachments += 1
+            assert _fast_fields(env) is not None, env
+    assert with_attachments > 20
+
+
+@pytest.mark.parametrize("field", [*GOOD_ATTACHMENT, "extra"])
+def test_odd_attachments_agree_between_paths(field: str) -> None:
+    base = TrafficGenerator(seed=1).next_event()[1]
+    for value in ODD_ATTACHMENT_VALUES:
+        for count in (1, 2):
+            env = copy.deepcopy(base)
+            att = {**GOOD_ATTACHMENT, field: value}
+            if value is None and field != "extra":
+                del att[field]
+            env["attachments"] = [dict(GOOD_ATTACHMENT)] * (count - 1) + [att]
+            fast, model = both(env)
+            if isinstance(model, Rejection):
+                assert isinstance(fast, Rejection) and fast.detail == model.detail, env["attachments"]
+            else:
+                assert isinstance(fast, EventRow), env["attachments"]
+                assert comparable(fast, env) == comparable(model, env)
+
+
+def test_more_attachments_than_allowed_are_refused_by_both_paths() -> None:
+    env = TrafficGenerator(seed=1).next_event()[1]
+    for n, ok in ((32, True), (33, False)):
+        env["attachments"] = [dict(GOOD_ATTACHMENT)] * n
+        fast, model = both(env)
+        assert isinstance(fast, EventRow) is ok and isinstance(model, EventRow) is ok
