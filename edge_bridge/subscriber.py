@@ -7,7 +7,7 @@ Two ways to run the same receiver (``edge_bridge.receiver``), chosen by
   (``edge_bridge.bridge_process``) and this process only writes. paho, validation and the
   SQLite writer no longer take turns on one GIL, which roughly doubles the rate on two cores.
 - ``ThreadSubscriber``: paho's thread decodes and hands rows to the writer in this process;
-  one process less (about 30 MB), half the rate.
+  one process less (about 25 MB), half the rate.
 
 Either way a PUBACK leaves only after the transaction holding the message committed.
 """

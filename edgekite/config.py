@@ -81,7 +81,7 @@ class MqttSection(_Section):
         True,
         description="With an external broker, receive and validate in a child process, so MQTT "
         "handling and SQLite writes use two cores instead of sharing one (about 2x the rate on a "
-        "2-core box, for about 30 MB more memory). False: one process, a thread for each.",
+        "2-core box, for about 25 MB more memory). False: one process, a thread for each.",
     )
 
 

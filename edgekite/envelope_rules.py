@@ -2,7 +2,7 @@
 
 Kept apart from the pydantic models (``edgekite.envelope``) so the bridge's child process can
 validate the common envelope on the fast path (``edgekite.ingest``) without importing pydantic,
-which is ~20 MB of a ~37 MB process. The models import everything here; a test holds the
+which was ~11 MB of a 37 MB process. The models import everything here; a test holds the
 field-name sets equal to the models' fields.
 """
 

@@ -1,6 +1,6 @@
 """The bridge's child process stays small: it validates the common envelope without pydantic.
 
-pydantic is ~20 MB of a process that otherwise needs ~25; the child loads it only when an
+pydantic is ~11 MB on top of the ~25 MB the child needs; the child loads it only when an
 envelope leaves the fast path (an unusual shape, or one refused, whose reason the model words).
 """
 
