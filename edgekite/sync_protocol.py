@@ -114,17 +114,23 @@ def encode_batch(
     return zstandard.ZstdCompressor(level=level, threads=zstd_threads).compress(doc)
 
 
-def decode_batch(payload: bytes) -> tuple[BatchHeader, list[Any]]:
-    """Decompress and parse a batch; the envelopes are returned unvalidated (the caller's job)."""
+def decompress_batch(payload: bytes) -> bytes:
+    """The batch document's JSON, within the size bounds."""
     if len(payload) > MAX_COMPRESSED_BYTES:
         raise BatchError("too_large", f"{len(payload)} bytes compressed (max {MAX_COMPRESSED_BYTES})")
     try:
         reader = zstandard.ZstdDecompressor().stream_reader(payload)
-        raw = reader.read(MAX_DECOMPRESSED_BYTES + 1)
+        raw: bytes = reader.read(MAX_DECOMPRESSED_BYTES + 1)
     except zstandard.ZstdError as exc:
         raise BatchError("bad_compression", f"not a zstd frame: {exc}") from exc
     if len(raw) > MAX_DECOMPRESSED_BYTES:
         raise BatchError("too_large", f"more than {MAX_DECOMPRESSED_BYTES} bytes decompressed")
+    return raw
+
+
+def decode_batch(payload: bytes) -> tuple[BatchHeader, list[Any]]:
+    """Decompress and parse a batch; the envelopes are returned unvalidated (the caller's job)."""
+    raw = decompress_batch(payload)
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
