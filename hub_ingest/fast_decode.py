@@ -26,6 +26,7 @@ from edgekite.envelope_rules import (
     ATTACHMENT_KIND_PATTERN,
     ATTACHMENT_URI_MAX,
     ATTACHMENTS_MAX,
+    ENVELOPE_KEYS,
     EVENT_TYPE_PATTERN,
     SHA256_PATTERN,
     SOURCE_ID_PATTERN,
@@ -38,7 +39,7 @@ from edgekite.envelope_rules import (
     parse_timestamp,
 )
 from edgekite.hubstore.schema import EVENT_COLUMNS
-from edgekite.ingest import FLAG_SKEW_FUTURE, FLAG_SKEW_PAST, shape_cannot_fail
+from edgekite.ingest import FLAG_SKEW_FUTURE, FLAG_SKEW_PAST
 from edgekite.sync_protocol import BatchError, BatchHeader, decompress_batch
 from hub_ingest.decode import DecodedBatch, visitor_and_private_data
 
@@ -134,8 +135,38 @@ class _BatchDoc(Struct, forbid_unknown_fields=True):
 
 _HEADER_FIELDS = tuple(f for f in _BatchDoc.__struct_fields__ if f != "events")
 _DOC = msgspec.json.Decoder(_BatchDoc)
-_ENCODE = msgspec.json.Encoder().encode
 _UPPER = re.compile(r"[A-F]")
+
+
+# The envelope's own structure under these types: containers three deep (root, event, data),
+# at most 9 keys in one object (the root), strings up to STR_MAX (a timestamp as text).
+_STRUCTURE_DEPTH = 3
+_STRUCTURE_KEYS = len(ENVELOPE_KEYS)
+
+
+def structure_fits(limits: LimitsSection) -> bool:
+    """``check_shape`` can only fail inside ``data`` or ``metadata`` under these limits."""
+    return (
+        limits.max_depth >= _STRUCTURE_DEPTH
+        and limits.max_keys >= _STRUCTURE_KEYS
+        and limits.max_string_chars >= STR_MAX
+        and max(limits.max_keys, 1000) >= ATTACHMENTS_MAX
+    )
+
+
+def free_form_fits(encoded: bytes, limits: LimitsSection) -> bool:
+    """A byte count proving ``check_shape`` passes for ``data`` or ``metadata`` (compact JSON).
+
+    Both sit at depth 3, so their deepest container is at most at 2 + their bracket count; an
+    object's keys need a colon each, a list's items a comma each, and no string or key is
+    longer than the encoding. Brackets, colons and commas inside strings only raise the counts.
+    """
+    return (
+        len(encoded) <= limits.max_string_chars
+        and encoded.count(b"{") + encoded.count(b"[") + 2 <= limits.max_depth
+        and encoded.count(b":") <= limits.max_keys
+        and encoded.count(b",") < max(limits.max_keys, 1000)
+    )
 
 
 def parse_batch_fast(payload: bytes) -> tuple[BatchHeader, list[HubEnvelope]] | None:
@@ -196,11 +227,9 @@ def _columns(
     seen: set[str] = set()
     duplicates = 0
 
+    if not structure_fits(limits):
+        return None
     for env in events:
-        # check_shape's bounds, proven on an encoding that holds every field (defaults too),
-        # so it is never smaller than the producer's own document.
-        if not shape_cannot_fail(_ENCODE(env), limits):
-            return None
         eid = env.event_id.lower() if _UPPER.search(env.event_id) else env.event_id
         received_at = parse_timestamp(env.received_at)
         observed = received_at if env.observed_at is None else parse_timestamp(env.observed_at)
@@ -218,9 +247,13 @@ def _columns(
             attachments.append(item)
         src, ev = env.source, env.event
         data = ev.data
-        payload_json = dumps(data).decode()
+        payload = dumps(data)
+        meta = dumps(src.metadata) if src.metadata else b"{}"
+        if not (free_form_fits(payload, limits) and free_form_fits(meta, limits)):
+            return None
+        payload_json = payload.decode()
         attachments_json = dumps(attachments).decode() if attachments else "[]"
-        meta_json = dumps(src.metadata).decode() if src.metadata else "{}"
+        meta_json = meta.decode()
         if eid in seen:
             duplicates += 1
             continue

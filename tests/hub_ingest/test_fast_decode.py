@@ -196,3 +196,31 @@ def test_prepare_payload_stores_the_same_arrow_either_way(monkeypatch: pytest.Mo
     assert isinstance(fast, PreparedBatch) and isinstance(ref, PreparedBatch)
     assert fast.events_ipc is not None and fast.events_ipc == ref.events_ipc
     assert fast.decoded == ref.decoded
+
+
+def nested(levels: int, leaf: Any = 1) -> Any:
+    node = leaf
+    for i in range(levels):
+        node = {"k": node} if i % 2 else [node]
+    return node
+
+
+@pytest.mark.parametrize("part", ["data", "metadata"])
+@pytest.mark.parametrize(
+    "limits",
+    [LimitsSection(), LimitsSection(max_depth=6, max_keys=12, max_string_chars=4096)],
+    ids=["defaults", "tight"],
+)
+def test_free_form_parts_at_the_limits_are_never_let_through(part: str, limits: LimitsSection) -> None:
+    answered = 0
+    for levels in range(limits.max_depth + 2):
+        for wide in (1, limits.max_keys - 3, limits.max_keys + 1):
+            evs = envelopes(3, received_at=NOW)
+            value = {"n": nested(levels), **{f"w{i}": i for i in range(wide - 1)}}
+            target = evs[1]["event"] if part == "data" else evs[1]["source"]
+            target[part] = value
+            fast, ref = both(raw_batch([dumps(e) for e in evs]), limits)
+            if fast is not None:
+                assert fast == ref, (levels, wide)
+                answered += 1
+    assert answered > 3
