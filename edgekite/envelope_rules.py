@@ -35,8 +35,8 @@ ATTACHMENT_SCHEMES = frozenset({"file", "http", "https", "s3", "rtsp", "nvr", "m
 
 # Epoch milliseconds outside this range are not times at all (year 1970..3000); refuse them
 # rather than flag them, since no clock is that wrong.
-_MIN_MS = 0
-_MAX_MS = 32_503_680_000_000
+MIN_EPOCH_MS = 0
+MAX_EPOCH_MS = 32_503_680_000_000
 
 
 def parse_timestamp(value: Any) -> int:
@@ -65,7 +65,7 @@ def parse_timestamp(value: Any) -> int:
             ms = int(dt.timestamp() * 1000)
     else:
         raise ValueError("a timestamp must be ISO-8601 text or epoch milliseconds")
-    if not _MIN_MS <= ms <= _MAX_MS:
+    if not MIN_EPOCH_MS <= ms <= MAX_EPOCH_MS:
         raise ValueError(f"timestamp {ms} ms is outside 1970..3000")
     return ms
 

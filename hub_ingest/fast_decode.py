@@ -28,6 +28,8 @@ from edgekite.envelope_rules import (
     ATTACHMENTS_MAX,
     ENVELOPE_KEYS,
     EVENT_TYPE_PATTERN,
+    MAX_EPOCH_MS,
+    MIN_EPOCH_MS,
     SHA256_PATTERN,
     SOURCE_ID_PATTERN,
     STR_MAX,
@@ -199,6 +201,12 @@ def decode_events_fast(
         return None  # e.g. an integer beyond 64 bits, which orjson reads as a float
 
 
+# Per-event columns in EVENT_COLUMNS order; the batch's constants are filled in at the end.
+_PER_BATCH = ("edge_id", "batch_id", "hub_received_at")
+_PER_EVENT = tuple(c for c in EVENT_COLUMNS if c not in _PER_BATCH)
+_NO_CORRELATION = _Correlation()
+
+
 def _columns(
     header: BatchHeader,
     events: list[HubEnvelope],
@@ -207,55 +215,52 @@ def _columns(
     salts: DailySalts | None,
     ip_mode: str,
 ) -> DecodedBatch | None:
-    n_in = len(events)
-    cols: dict[str, list[Any]] = {name: [] for name in EVENT_COLUMNS}
-    event_id, observed_at, received_at_col = cols["event_id"], cols["observed_at"], cols["received_at"]
-    source_type, source_id, category = cols["source_type"], cols["source_id"], cols["category"]
-    etype, severity, source_seq = cols["type"], cols["severity"], cols["source_seq"]
-    correlation_id, session_id, incident_id = cols["correlation_id"], cols["session_id"], cols["incident_id"]
-    data_col, attachments_col = cols["data"], cols["attachments"]
-    source_version, source_metadata, schema_version = (
-        cols["source_version"],
-        cols["source_metadata"],
-        cols["schema_version"],
-    )
-    pii, retention_class = cols["pii"], cols["retention_class"]
-    flags, visitor = cols["flags"], cols["visitor_id"]
+    if not structure_fits(limits):
+        return None
     future_ms = limits.max_future_skew_secs * 1000
     past_ms = limits.max_past_age_days * 86_400_000
     dumps = orjson.dumps
     seen: set[str] = set()
-    duplicates = 0
+    rows: list[tuple[Any, ...]] = []
+    add = rows.append
 
-    if not structure_fits(limits):
-        return None
     for env in events:
         eid = env.event_id.lower() if _UPPER.search(env.event_id) else env.event_id
-        received_at = parse_timestamp(env.received_at)
-        observed = received_at if env.observed_at is None else parse_timestamp(env.observed_at)
-        attachments = []
-        for a in env.attachments:
-            if attachment_uri_problem(a.uri) is not None:
-                return None
-            item: dict[str, Any] = {"kind": a.kind, "uri": a.uri}
-            if a.sha256 is not None:
-                item["sha256"] = a.sha256
-            if a.size_bytes is not None:
-                item["size_bytes"] = a.size_bytes
-            if a.content_type is not None:
-                item["content_type"] = a.content_type
-            attachments.append(item)
+        ra = env.received_at
+        # parse_timestamp's own range check, inline for the common integer case
+        received_at = ra if type(ra) is int and MIN_EPOCH_MS <= ra <= MAX_EPOCH_MS else parse_timestamp(ra)
+        oa = env.observed_at
+        if oa is None:
+            observed = received_at
+        else:
+            observed = oa if type(oa) is int and MIN_EPOCH_MS <= oa <= MAX_EPOCH_MS else parse_timestamp(oa)
+        attachments_json = "[]"
+        if env.attachments:
+            attachments = []
+            for a in env.attachments:
+                if attachment_uri_problem(a.uri) is not None:
+                    return None
+                item: dict[str, Any] = {"kind": a.kind, "uri": a.uri}
+                if a.sha256 is not None:
+                    item["sha256"] = a.sha256
+                if a.size_bytes is not None:
+                    item["size_bytes"] = a.size_bytes
+                if a.content_type is not None:
+                    item["content_type"] = a.content_type
+                attachments.append(item)
+            attachments_json = dumps(attachments).decode()
         src, ev = env.source, env.event
         data = ev.data
         payload = dumps(data)
-        meta = dumps(src.metadata) if src.metadata else b"{}"
-        if not (free_form_fits(payload, limits) and free_form_fits(meta, limits)):
+        if not free_form_fits(payload, limits):
             return None
-        payload_json = payload.decode()
-        attachments_json = dumps(attachments).decode() if attachments else "[]"
-        meta_json = meta.decode()
+        meta_json = "{}"
+        if src.metadata:
+            meta = dumps(src.metadata)
+            if not free_form_fits(meta, limits):
+                return None
+            meta_json = meta.decode()
         if eid in seen:
-            duplicates += 1
             continue
         seen.add(eid)
         flag = 0
@@ -263,7 +268,6 @@ def _columns(
             flag = FLAG_SKEW_FUTURE
         elif observed < received_at - past_ms:
             flag = FLAG_SKEW_PAST
-        corr = env.correlation
         vid, private = 0, None
         if "ip" in data:  # any category: no raw address is stored
             vid, private = visitor_and_private_data(
@@ -276,36 +280,20 @@ def _columns(
                 ip_mode,
                 with_visitor=ev.category == "web",
             )
-        event_id.append(eid)
-        observed_at.append(observed)
-        received_at_col.append(received_at)
-        source_type.append(src.type)
-        source_id.append(src.id)
-        category.append(ev.category)
-        etype.append(ev.type)
-        severity.append(ev.severity)
-        source_seq.append(env.sync.source_seq if env.sync is not None else None)
-        if corr is None:
-            correlation_id.append(None)
-            session_id.append(None)
-            incident_id.append(None)
-        else:
-            correlation_id.append(corr.correlation_id)
-            session_id.append(corr.session_id)
-            incident_id.append(corr.incident_id)
-        visitor.append(vid)
-        data_col.append(private if private is not None else payload_json)
-        attachments_col.append(attachments_json)
-        source_version.append(src.version)
-        source_metadata.append(meta_json)
-        schema_version.append(ev.schema_version or "1.0")
-        pii.append(int(env.privacy.pii))
-        retention_class.append(env.privacy.retention_class)
-        flags.append(flag)
+        corr = env.correlation or _NO_CORRELATION
+        privacy = env.privacy
+        add((
+            eid, observed, received_at, src.type, src.id, ev.category, ev.type, ev.severity,
+            env.sync.source_seq if env.sync is not None else None,
+            corr.correlation_id, corr.session_id, corr.incident_id,
+            private if private is not None else payload.decode(),
+            attachments_json, src.version, meta_json, ev.schema_version or "1.0",
+            int(privacy.pii), privacy.retention_class, flag, vid,
+        ))  # fmt: skip
 
-    n = len(event_id)
-    assert n + duplicates == n_in
-    cols["edge_id"] = [header.edge_id] * n
-    cols["batch_id"] = [header.batch_id] * n
-    cols["hub_received_at"] = [hub_received_at] * n
-    return DecodedBatch(cols, n, [], [], duplicates)
+    n = len(rows)
+    per_event = zip(*rows, strict=True) if rows else ((),) * len(_PER_EVENT)
+    cols: dict[str, list[Any]] = dict(zip(_PER_EVENT, map(list, per_event), strict=True))
+    constants = {"edge_id": header.edge_id, "batch_id": header.batch_id, "hub_received_at": hub_received_at}
+    columns = {name: cols[name] if name in cols else [constants[name]] * n for name in EVENT_COLUMNS}
+    return DecodedBatch(columns, n, [], [], len(events) - n)

@@ -134,6 +134,10 @@ def test_values_the_two_parsers_read_differently_never_diverge(data: bytes) -> N
         {"observed_at": NOW + 86_400_000},  # clock skew is flagged alike
         {"observed_at": NOW - 400 * 86_400_000},
         {"received_at": "1795400000000"},
+        {"observed_at": 32_503_680_000_000},  # the last valid millisecond, and one past it
+        {"observed_at": 32_503_680_000_001},
+        {"received_at": -1},
+        {"received_at": 0},
         {"privacy": {"pii": True, "retention_class": "short"}},
         {"correlation": {}},
         {"correlation": None},
