@@ -77,6 +77,8 @@ class HubNode:
             self.processor = BatchProcessor(
                 self.config, self.store, self.metrics, decode_pool=self.decode_pool, salts=salts.current
             )
+            # Before any batch: a group a killed hub stored without its ledger rows gets them now.
+            await self.store.run(self.processor.recover)
             await self._start_http(self.processor)
             if self.config.mqtt.url:
                 await self._start_consumers(self.processor)

@@ -13,6 +13,10 @@ Why these shapes:
   deduplication tokens (one per batch), so a resent batch is a no-op even before the merge.
 - ``batches`` is the ledger: one row per accepted batch (heartbeats included, with count 0).
   Counts shown to users come from it (``FINAL`` over one row per batch is cheap).
+- ``batches_pending`` holds a group's ledger rows written *before* its events (one INSERT for
+  several batches, under a token of the whole group): if the hub dies between the events and
+  the ledger, the next start finds the group's batches there, checks whether their events
+  landed and writes their ledger rows (``BatchProcessor.recover``). Kept 2 days.
 - ``dead_letter`` keeps refused events with the reason, for 30 days.
 """
 
@@ -21,6 +25,7 @@ from __future__ import annotations
 from edgekite.config import HubConfig
 
 DEAD_LETTER_TTL_DAYS = 30
+PENDING_TTL_DAYS = 2
 
 EVENT_COLUMNS: tuple[str, ...] = (
     "event_id",
@@ -128,6 +133,23 @@ SETTINGS non_replicated_deduplication_window = {window}""",
 )
 ENGINE = ReplacingMergeTree
 ORDER BY (edge_id, batch_id)
+SETTINGS non_replicated_deduplication_window = {window}""",
+        f"""CREATE TABLE IF NOT EXISTS {db}.batches_pending (
+    edge_id LowCardinality(String),
+    batch_id String,
+    first_seq UInt64,
+    last_seq UInt64,
+    count UInt32,
+    events UInt32,
+    rejected UInt32,
+    backlog UInt64,
+    withheld String,
+    edge_created_at DateTime64(3, 'UTC'),
+    hub_received_at DateTime64(3, 'UTC')
+)
+ENGINE = MergeTree
+ORDER BY (hub_received_at, edge_id, batch_id)
+TTL toDateTime(hub_received_at) + INTERVAL {PENDING_TTL_DAYS} DAY
 SETTINGS non_replicated_deduplication_window = {window}""",
         f"""CREATE TABLE IF NOT EXISTS {db}.dead_letter (
     hub_received_at DateTime64(3, 'UTC'),

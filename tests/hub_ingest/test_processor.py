@@ -14,7 +14,7 @@ import pytest
 from edgekite.config import HubConfig
 from edgekite.hub_metrics import HubMetrics
 from edgekite.hubstore import HubStore
-from edgekite.hubstore.arrow import EVENTS_SCHEMA
+from edgekite.hubstore.arrow import BATCHES_SCHEMA, EVENTS_SCHEMA, table_from_rows
 from edgekite.sync_protocol import sign
 from hub_ingest.processor import BatchProcessor, PreparedBatch
 from tests.hub_ingest.helpers import KEY_A, KEY_B, batch, envelopes, hub_config, metric
@@ -211,21 +211,69 @@ def test_group_commit_stores_each_batch_once_and_answers_each(store: HubStore) -
     assert rows[0][0] == 3  # no ledger row twice, even before a merge
 
 
-def test_a_group_whose_ledger_row_was_lost_is_regrouped_without_duplicates(store: HubStore) -> None:
-    """Crash after a group's events inserts, before its ledger insert: the resend comes back cut
-    into other groups, and every batch's own token still drops its events."""
-    p = _processor(store)
+def test_a_group_whose_ledger_rows_were_lost_is_recovered_and_its_resend_regrouped(store: HubStore) -> None:
+    """Crash after a group's events insert, before its ledger insert: the next process writes the
+    ledger rows before it commits anything, and the resend, cut into other groups, is answered
+    as duplicates instead of stored twice."""
+    dead = _processor(store)
     payloads = [batch("regroup", f"s:{i}", envelopes(20, seed=180 + i)) for i in range(4)]
-    prepared = [p.prepare("regroup", pl, None) for pl in payloads]
-    for x in prepared[:3]:  # the group {0, 1, 2} got its events in, then the hub died
-        assert isinstance(x, PreparedBatch)
-        p._insert_batch(x)
+    prepared = [dead.prepare("regroup", pl, None) for pl in payloads]
+    assert all(isinstance(x, PreparedBatch) for x in prepared)
+    dead._insert_group([x for x in prepared[:3] if isinstance(x, PreparedBatch)])  # then the hub died
+    assert _count(store, "regroup") == 60 and _ledger(store, "regroup") == (0, 0)
+
+    p = _processor(store)
+    assert p.recover() == 3
+    assert _ledger(store, "regroup") == (60, 3)
     again = [p.prepare("regroup", pl, None) for pl in payloads]
     acks = p.commit_many([x for x in again[:2] if isinstance(x, PreparedBatch)])
     acks += p.commit_many([x for x in again[2:] if isinstance(x, PreparedBatch)])
-    assert all(a.status == "ok" and a.accepted == 20 and not a.duplicate for a in acks)
+    assert [a.duplicate for a in acks] == [True, True, True, False]
+    assert all(a.status == "ok" and a.accepted == 20 for a in acks)
     assert _count(store, "regroup") == 80  # before any merge
     assert _ledger(store, "regroup") == (80, 4)
+    assert p.recover() == 0, "nothing is left pending once the ledger has every batch"
+
+
+def test_a_group_that_died_before_its_events_is_stored_once_on_resend(store: HubStore) -> None:
+    """Crash after the pending ledger rows, before the events: recovery writes no ledger row, so
+    the resend is stored (and only once)."""
+    dead = _processor(store)
+    payloads = [batch("halfgroup", f"s:{i}", envelopes(10, seed=190 + i)) for i in range(3)]
+    prepared = [
+        x for x in (dead.prepare("halfgroup", pl, None) for pl in payloads) if isinstance(x, PreparedBatch)
+    ]
+    dead.store.insert_arrow(
+        "batches_pending",
+        table_from_rows(
+            BATCHES_SCHEMA, [dead._ledger_row(x.header, x.decoded, x.hub_received_at) for x in prepared]
+        ),
+        "group:halfgroup",
+    )  # then the hub died
+    p = _processor(store)
+    assert p.recover() == 0
+    acks = p.commit_many(
+        [x for x in (p.prepare("halfgroup", pl, None) for pl in payloads) if isinstance(x, PreparedBatch)]
+    )
+    assert [(a.status, a.duplicate, a.accepted) for a in acks] == [("ok", False, 10)] * 3
+    assert _count(store, "halfgroup") == 30 and _ledger(store, "halfgroup") == (30, 3)
+
+
+def test_a_group_of_batches_is_one_insert(store: HubStore) -> None:
+    """Several waiting batches become one part, not one each: small parts cost the hub most of its
+    CPU in ClickHouse's merges."""
+    p = _processor(store)
+    prepared = [
+        p.prepare("onepart", batch("onepart", f"s:{i}", envelopes(30, seed=200 + i)), None) for i in range(5)
+    ]
+    acks = p.commit_many([x for x in prepared if isinstance(x, PreparedBatch)])
+    assert all(a.status == "ok" and a.accepted == 30 for a in acks)
+    parts = store.query_rows(
+        f"SELECT uniqExact(_part), count() FROM {store.table('events')} WHERE edge_id = {{e:String}}",
+        {"e": "onepart"},
+    )
+    assert parts == [(1, 150)]
+    assert _ledger(store, "onepart") == (150, 5)
 
 
 def test_decode_worker_process_gives_the_same_answers(store: HubStore) -> None:
