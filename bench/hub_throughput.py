@@ -4,7 +4,10 @@
     .venv/bin/python bench/hub_throughput.py --batches 10 --rounds 1   # smoke
 
 (a) insert step alone: pre-built 2,000-row Arrow IPC streams -> chDB ``send_insert(...,
-    "ArrowStream")`` with a dedup token each, as the processor does (the ledger is not included).
+    "ArrowStream")`` with a dedup token each, as the processor inserts a batch that arrives
+    alone; and (``insert-group``) the same batches 4 to an INSERT, as ``commit_many`` inserts
+    them under load (4 was the median group in the pipelined phase, 2026-11-24). The ledger is
+    not included.
 (b) end to end per hub process, batch bytes -> decode -> validate -> insert -> ack:
     in-process (``BatchProcessor.process`` in a loop on one thread, no worker process; and
     pipelined: what the MQTT consumers do, ``submit_prepare`` to a decode worker process, then
@@ -38,6 +41,7 @@ from edgekite.simulate import TrafficGenerator
 from edgekite.sync_protocol import BatchHeader, encode_batch
 
 BATCH = 2000
+GROUP = 4  # batches per INSERT in the insert-group phase
 
 
 def build_batches(n: int, edge_id: str, seed: int) -> list[bytes]:
@@ -76,7 +80,7 @@ def in_process(batches: list[bytes], workdir: Path, mode: str) -> float:
     store.open()
     pool = None
     try:
-        if mode in ("insert", "insert-python"):
+        if mode in ("insert", "insert-python", "insert-group"):
             ctx = PrepareContext.from_config(cfg)
             streams = []
             for b in batches:
@@ -91,6 +95,13 @@ def in_process(batches: list[bytes], workdir: Path, mode: str) -> float:
                 for bid, tbl in tables:
                     store.insert_arrow("events", tbl, f"bench/{bid}")
                 return len(tables) * BATCH / (time.perf_counter() - t0)
+            if mode == "insert-group":  # what commit_many does with the batches waiting
+                groups = [streams[i : i + GROUP] for i in range(0, len(streams), GROUP)]
+                t0 = time.perf_counter()
+                for g in groups:
+                    tbl = pa.concat_tables([pa.ipc.open_stream(ipc).read_all() for _, ipc in g])
+                    store.insert_arrow("events", tbl, "bench/" + "+".join(bid for bid, _ in g))
+                return len(streams) * BATCH / (time.perf_counter() - t0)
             t0 = time.perf_counter()
             for bid, ipc in streams:
                 store.insert_arrow_ipc("events", ipc, EVENTS_SCHEMA.names, f"bench/{bid}")
@@ -250,7 +261,7 @@ def main() -> None:
     print(f"building {args.batches} batches x {BATCH} simulator events ...", flush=True)
     batches = build_batches(args.batches, "bench-edge", seed=1)
     print(f"  {sum(map(len, batches)) / len(batches) / 1024:.0f} KiB compressed per batch")
-    modes = ("insert-python", "insert", "sequential", "pipelined")
+    modes = ("insert-python", "insert", "insert-group", "sequential", "pipelined")
     results: dict[str, list[float]] = {m: [] for m in (*modes, "mqtt")}
     mem: list[dict[str, Any]] = []
     for rnd in range(args.rounds):
@@ -277,6 +288,8 @@ def main() -> None:
              " / ".join(fmt(x) for x in results["insert-python"]), "(baseline)"],
             ["(a) insert alone, Arrow IPC -> chDB", fmt(median(results["insert"])),
              " / ".join(fmt(x) for x in results["insert"]), ">= 100,000"],
+            [f"(a) insert alone, {GROUP} batches per INSERT", fmt(median(results["insert-group"])),
+             " / ".join(fmt(x) for x in results["insert-group"]), ">= 100,000"],
             ["(b) e2e in-process, 1 thread, no worker", fmt(median(results["sequential"])),
              " / ".join(fmt(x) for x in results["sequential"]), ">= 50,000"],
             ["(b) e2e in-process, workers + group commit", fmt(median(results["pipelined"])),
