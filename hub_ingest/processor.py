@@ -230,18 +230,13 @@ class BatchProcessor:
             first[key] = i
             stored.append(i)
         if stored:
+            group = [batches[i] for i in stored]
             try:
-                if len(stored) == 1:
-                    self._insert_batch(batches[stored[0]])
+                if len(group) == 1:
+                    self._insert_batch(group[0])
                 else:
-                    self._insert_group([batches[i] for i in stored])
-            except StorageError as exc:
-                for i in stored:
-                    acks[i] = self._storage_retry(batches[i].header, exc)
-                stored = []
-        if stored:
-            try:
-                self._insert_ledger([batches[i] for i in stored])
+                    self._insert_group(group)
+                self._insert_ledger(group)
             except StorageError as exc:
                 for i in stored:
                     acks[i] = self._storage_retry(batches[i].header, exc)

@@ -80,6 +80,20 @@ DEAD_LETTER_COLUMNS: tuple[str, ...] = (
 )
 
 
+# The ledger's columns, shared by ``batches`` and ``batches_pending`` (BATCH_COLUMNS' types).
+_LEDGER_COLUMNS = """    edge_id LowCardinality(String),
+    batch_id String,
+    first_seq UInt64,
+    last_seq UInt64,
+    count UInt32,
+    events UInt32,
+    rejected UInt32,
+    backlog UInt64,
+    withheld String,
+    edge_created_at DateTime64(3, 'UTC'),
+    hub_received_at DateTime64(3, 'UTC')"""
+
+
 def ddl(config: HubConfig) -> list[str]:
     """Statements creating the database and tables if they do not exist (safe to run every start)."""
     db = config.storage.database  # validated as an identifier by the config model
@@ -119,33 +133,13 @@ SETTINGS non_replicated_deduplication_window = {window}""",
         # Hubs created before visitor ids were computed at ingest (0 = unknown).
         f"ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS visitor_id UInt64 DEFAULT 0",
         f"""CREATE TABLE IF NOT EXISTS {db}.batches (
-    edge_id LowCardinality(String),
-    batch_id String,
-    first_seq UInt64,
-    last_seq UInt64,
-    count UInt32,
-    events UInt32,
-    rejected UInt32,
-    backlog UInt64,
-    withheld String,
-    edge_created_at DateTime64(3, 'UTC'),
-    hub_received_at DateTime64(3, 'UTC')
+{_LEDGER_COLUMNS}
 )
 ENGINE = ReplacingMergeTree
 ORDER BY (edge_id, batch_id)
 SETTINGS non_replicated_deduplication_window = {window}""",
         f"""CREATE TABLE IF NOT EXISTS {db}.batches_pending (
-    edge_id LowCardinality(String),
-    batch_id String,
-    first_seq UInt64,
-    last_seq UInt64,
-    count UInt32,
-    events UInt32,
-    rejected UInt32,
-    backlog UInt64,
-    withheld String,
-    edge_created_at DateTime64(3, 'UTC'),
-    hub_received_at DateTime64(3, 'UTC')
+{_LEDGER_COLUMNS}
 )
 ENGINE = MergeTree
 ORDER BY (hub_received_at, edge_id, batch_id)
