@@ -106,6 +106,7 @@ class BatchProcessor:
         # Batches a dead process may have stored without a ledger row: always looked up.
         self._suspect: set[tuple[str, str]] = set()
         self._recovery_failed = False
+        self._recover_again = False
         ing = config.ingest
         self._limiter = RateLimiter(ing.rate_limit_events_per_sec, ing.rate_limit_burst_events)
         self._limiter_lock = threading.Lock()
@@ -210,6 +211,8 @@ class BatchProcessor:
             return []
         self.last_commit_at = self._monotonic()
         acks: list[Ack | None] = [None] * len(batches)
+        if self._recover_again:  # a group's events went in, its ledger insert failed
+            self.recover()
         try:
             known = self._ledger_lookup(batches)
         except StorageError as exc:
@@ -231,13 +234,18 @@ class BatchProcessor:
             stored.append(i)
         if stored:
             group = [batches[i] for i in stored]
+            events_in = False
             try:
                 if len(group) == 1:
                     self._insert_batch(group[0])
                 else:
                     self._insert_group(group)
+                    events_in = True
                 self._insert_ledger(group)
             except StorageError as exc:
+                # The resend must find ledger rows for the group, as after a crash (its token
+                # would not drop a differently grouped resend): recover before the next commit.
+                self._recover_again = events_in
                 for i in stored:
                     acks[i] = self._storage_retry(batches[i].header, exc)
                 stored = []
@@ -380,6 +388,7 @@ class BatchProcessor:
                 f"WHERE hub_received_at >= {since} - INTERVAL 1 DAY)"
             )
             if not pending:
+                self._recover_again = self._recovery_failed = False
                 return 0
             keys = {(r[0], r[1]) for r in pending}
             landed = {
@@ -400,9 +409,11 @@ class BatchProcessor:
                 store.insert_arrow("batches", table_from_rows(BATCHES_SCHEMA, rows), token)
         except StorageError as exc:
             self._recovery_failed = True  # no ledger lookup is skipped from now on
+            self._recover_again = True
             log.warning("could not check for batches stored without a ledger row: %s", exc)
             return 0
-        self._suspect = keys
+        self._recover_again = self._recovery_failed = False
+        self._suspect |= keys
         log.warning(
             "recovered %d batch(es) whose events were stored by a hub that stopped before its ledger "
             "insert; %d other pending batch(es) had not been stored",

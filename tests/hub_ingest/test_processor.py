@@ -13,7 +13,7 @@ import pytest
 
 from edgekite.config import HubConfig
 from edgekite.hub_metrics import HubMetrics
-from edgekite.hubstore import HubStore
+from edgekite.hubstore import HubStore, StorageError
 from edgekite.hubstore.arrow import BATCHES_SCHEMA, EVENTS_SCHEMA, table_from_rows
 from edgekite.sync_protocol import sign
 from hub_ingest.processor import BatchProcessor, PreparedBatch
@@ -233,6 +233,33 @@ def test_a_group_whose_ledger_rows_were_lost_is_recovered_and_its_resend_regroup
     assert _count(store, "regroup") == 80  # before any merge
     assert _ledger(store, "regroup") == (80, 4)
     assert p.recover() == 0, "nothing is left pending once the ledger has every batch"
+
+
+def test_a_group_whose_ledger_insert_failed_is_not_stored_twice_by_its_resend(
+    store: HubStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Storage trouble after a group's events went in: every batch is answered 'retry', and
+    the resend (regrouped) finds ledger rows instead of storing the events again."""
+    p = _processor(store)
+    payloads = [batch("ledgerfail", f"s:{i}", envelopes(10, seed=210 + i)) for i in range(3)]
+    real = p._insert_ledger
+
+    def broken(batches: object) -> None:
+        monkeypatch.setattr(p, "_insert_ledger", real)
+        raise StorageError("the ledger insert timed out")
+
+    monkeypatch.setattr(p, "_insert_ledger", broken)
+    first = p.commit_many(
+        [x for x in (p.prepare("ledgerfail", pl, None) for pl in payloads) if isinstance(x, PreparedBatch)]
+    )
+    assert [a.status for a in first] == ["retry"] * 3
+    assert _count(store, "ledgerfail") == 30 and _ledger(store, "ledgerfail") == (0, 0)
+    again = [
+        x for x in (p.prepare("ledgerfail", pl, None) for pl in payloads) if isinstance(x, PreparedBatch)
+    ]
+    acks = p.commit_many(again[:1]) + p.commit_many(again[1:])
+    assert [(a.status, a.duplicate, a.accepted) for a in acks] == [("ok", True, 10)] * 3
+    assert _count(store, "ledgerfail") == 30 and _ledger(store, "ledgerfail") == (30, 3)
 
 
 def test_a_group_that_died_before_its_events_is_stored_once_on_resend(store: HubStore) -> None:
