@@ -25,6 +25,8 @@ group's ledger rows go there first. A crash in the window leaves them without a 
 the next process, before it commits anything, checks which of those batches have events stored
 and writes their ledger rows (``recover``), so their resends are answered as duplicates instead
 of stored again (a differently grouped resend carries another token, which would not drop it).
+A ledger insert that fails after its group's events went in is recovered the same way, before
+this process's next commit.
 A group of one batch is inserted under the batch's own token ``<edge>/<batch>``, as a single
 batch always was. A batch id twice in one group is stored once and the second copy answered as
 a duplicate; whatever slips past all of this collapses in the ReplacingMergeTree.
