@@ -8,10 +8,10 @@ another batch's. An ack is returned only after every insert returned: an ``ok`` 
 batch is in ClickHouse.
 
 Exactly once in effect: a batch id already in the ``batches`` ledger is answered ``ok`` with
-``duplicate=true`` and nothing is inserted; a batch whose events were inserted but whose ledger
-row was not (a crash in between) is inserted again with the same deduplication token, which
-ClickHouse drops, and whatever slips past both (a re-batched resend) collapses in the
-ReplacingMergeTree.
+``duplicate=true`` and nothing is inserted; a batch stored alone whose events were inserted but
+whose ledger row was not (a crash in between) is inserted again with the same deduplication
+token, which ClickHouse drops (for a group, see ``batches_pending`` below), and whatever slips
+past all of it (a re-batched resend) collapses in the ReplacingMergeTree.
 
 Group commit (``commit_many``), when several prepared batches are waiting: one ledger lookup
 for all of them, then the new batches' events in *one* INSERT (one part instead of one per
