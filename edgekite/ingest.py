@@ -356,15 +356,22 @@ def _fast_attachments(items: Any) -> list[dict[str, Any]] | None:
             return None
         if not _opt_str(ctype, 128):
             return None
-        item: dict[str, Any] = {"kind": kind, "uri": uri}
-        if sha is not None:
-            item["sha256"] = sha
-        if size is not None:
-            item["size_bytes"] = size
-        if ctype is not None:
-            item["content_type"] = ctype
-        out.append(item)
+        out.append(attachment_item(kind, uri, sha, size, ctype))
     return out
+
+
+def attachment_item(
+    kind: str, uri: str, sha256: str | None, size_bytes: int | None, content_type: str | None
+) -> dict[str, Any]:
+    """A validated attachment as stored: the model's field order, absent fields left out."""
+    item: dict[str, Any] = {"kind": kind, "uri": uri}
+    if sha256 is not None:
+        item["sha256"] = sha256
+    if size_bytes is not None:
+        item["size_bytes"] = size_bytes
+    if content_type is not None:
+        item["content_type"] = content_type
+    return item
 
 
 def _model_fields(env: Envelope) -> _Fields:

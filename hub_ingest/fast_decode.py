@@ -41,7 +41,7 @@ from edgekite.envelope_rules import (
     parse_timestamp,
 )
 from edgekite.hubstore.schema import EVENT_COLUMNS
-from edgekite.ingest import FLAG_SKEW_FUTURE, FLAG_SKEW_PAST
+from edgekite.ingest import FLAG_SKEW_FUTURE, FLAG_SKEW_PAST, attachment_item
 from edgekite.sync_protocol import BatchError, BatchHeader, decompress_batch
 from hub_ingest.decode import DecodedBatch, visitor_and_private_data
 
@@ -236,18 +236,12 @@ def _columns(
             observed = oa if type(oa) is int and MIN_EPOCH_MS <= oa <= MAX_EPOCH_MS else parse_timestamp(oa)
         attachments_json = "[]"
         if env.attachments:
-            attachments = []
-            for a in env.attachments:
-                if attachment_uri_problem(a.uri) is not None:
-                    return None
-                item: dict[str, Any] = {"kind": a.kind, "uri": a.uri}
-                if a.sha256 is not None:
-                    item["sha256"] = a.sha256
-                if a.size_bytes is not None:
-                    item["size_bytes"] = a.size_bytes
-                if a.content_type is not None:
-                    item["content_type"] = a.content_type
-                attachments.append(item)
+            if any(attachment_uri_problem(a.uri) is not None for a in env.attachments):
+                return None
+            attachments = [
+                attachment_item(a.kind, a.uri, a.sha256, a.size_bytes, a.content_type)
+                for a in env.attachments
+            ]
             attachments_json = dumps(attachments).decode()
         src, ev = env.source, env.event
         data = ev.data
