@@ -6,6 +6,12 @@ batch redelivered by the broker (persistent session: ``clean_start=False`` plus 
 expiry). Several consumers in one process (``mqtt.consumers``) split the load with other hub
 processes through ``$share/<group>/...``.
 
+A batch's PUBACK goes out only once the broker has PUBACKed the ack we published for it (a
+per-consumer thread waits for that, in order): paho sends at most 20 QoS 1 publishes at a time
+and queues the rest, so a PUBACK sent right after ``publish()`` could overtake its ack, and a
+hub stopping then left batches consumed whose acks were never sent (the edge would only get
+them answered, as duplicates, after its resend timeout).
+
 Threads and processes: paho's network thread per consumer only hands messages on; one decode
 thread submits each batch to ``BatchProcessor.submit_prepare`` (decode worker processes when the
 processor has a ``DecodePool``, else that thread itself); prepared batches wait in the group's
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import ssl
 import threading
 import time
@@ -124,6 +131,10 @@ class Consumer:
         self._generation = 0
         self._pending = 0
         self._pending_lock = threading.Lock()
+        # (ack publish, then): ``then(published)`` runs once the broker has the ack, in order.
+        self._after_ack: queue.SimpleQueue[tuple[mqtt.MQTTMessageInfo, int, Callable[[bool], None]] | None]
+        self._after_ack = queue.SimpleQueue()
+        self._ack_waiter: threading.Thread | None = None
         self.last_error: str | None = None
         # ReceiverClient: at disconnect it reads until the broker closes, so the PUBACKs of the
         # last batches are not lost to a connection reset (they would come again, as duplicates).
@@ -163,6 +174,10 @@ class Consumer:
         self._client.connect_async(
             self._addr.host, self._addr.port, keepalive=30, clean_start=False, properties=props
         )
+        self._ack_waiter = threading.Thread(
+            target=self._puback_after_acks, name=f"hub-acks-{self.index}", daemon=True
+        )
+        self._ack_waiter.start()
         self._client.loop_start()
 
     def wait_connected(self, timeout: float) -> bool:
@@ -183,7 +198,28 @@ class Consumer:
                 info.wait_for_publish(2)
         self._client.leave(10)  # the PUBACKs already queued go out first
         self._connected.clear()
+        self._after_ack.put(None)
+        if self._ack_waiter is not None:
+            self._ack_waiter.join(5)
         self._on_state()
+
+    def _puback_after_acks(self) -> None:
+        """Runs each batch's ``then`` once its ack is at the broker (or the connection it came on
+        is gone: that batch is not PUBACKed, the broker redelivers it, the ledger answers it)."""
+        while (item := self._after_ack.get()) is not None:
+            info, generation, then = item
+            published = False
+            while generation == self._generation:
+                if self._stopping.is_set() and not self._connected.is_set():
+                    break  # stopping with the broker gone: it redelivers the batch later
+                try:
+                    info.wait_for_publish(0.5)
+                    published = info.is_published()
+                except (RuntimeError, ValueError):  # not queued by paho: the ack never went out
+                    break
+                if published:
+                    break
+            then(published)
 
     # -- paho callbacks (paho's thread) -------------------------------------------------------
     def _on_connect(
@@ -253,16 +289,32 @@ class Consumer:
             if qos > 0 and generation == self._generation:
                 client.ack(mid, qos)
 
-        def finish(ack: Ack | None, edge_id: str | None) -> None:
+        def release() -> None:
+            with self._pending_lock:
+                self._pending -= 1
+
+        def after_ack(published: bool) -> None:
             try:
-                if ack is not None and edge_id is not None:
-                    client.publish(hub_ack_topic(edge_id), ack.to_bytes(), qos=1)
-                # Every answered batch is consumed, 'retry' and 'refused' included: the edge keeps
-                # the batch until an 'ok' ack and resends it itself (after retry_after_ms).
-                puback()
+                if published:
+                    puback()
             finally:
-                with self._pending_lock:
-                    self._pending -= 1
+                release()
+
+        def finish(ack: Ack | None, edge_id: str | None) -> None:
+            # Every answered batch is consumed, 'retry' and 'refused' included: the edge keeps
+            # the batch until an 'ok' ack and resends it itself (after retry_after_ms).
+            if ack is None or edge_id is None:
+                try:
+                    puback()
+                finally:
+                    release()
+                return
+            try:
+                info = client.publish(hub_ack_topic(edge_id), ack.to_bytes(), qos=1)
+            except Exception:
+                release()
+                raise
+            self._after_ack.put((info, generation, after_ack))
 
         def committed(ack: Ack | None, edge_id: str) -> None:
             if ack is None:  # an unexpected error, logged: not acknowledged, the broker redelivers

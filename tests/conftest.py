@@ -60,7 +60,14 @@ class Mosquitto:
 
 
 def start_mosquitto(tmp_path: Path, extra_conf: str = "", port: int | None = None) -> Mosquitto:
-    """A real Mosquitto on a free loopback port, persistence in tmp_path."""
+    """A real Mosquitto on a free loopback port, persistence in tmp_path.
+
+    Its errors go to ``mosquitto-<port>.log`` in tmp_path; ``EDGEKITE_TEST_MOSQUITTO_LOG=1``
+    makes that a full log (every packet), to see what a flaky broker-level failure was.
+    """
+    import os
+
+    full_log = os.environ.get("EDGEKITE_TEST_MOSQUITTO_LOG") == "1"
     port = port or free_port()
     conf = tmp_path / f"mosquitto-{port}.conf"
     (tmp_path / "mosq-data").mkdir(exist_ok=True)
@@ -72,16 +79,18 @@ def start_mosquitto(tmp_path: Path, extra_conf: str = "", port: int | None = Non
         "max_queued_messages 1000000\n"
         "max_inflight_messages 0\n"
         "max_packet_size 2000000\n"
-        "log_dest none\n" + extra_conf
+        + ("log_dest stderr\nlog_type all\n" if full_log else "log_dest none\n")
+        + extra_conf
     )
-    proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log_path = tmp_path / f"mosquitto-{port}.log"
+    # The broker drops root for its own user, so it could not open a log file in tmp_path itself.
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=log)
     try:
         wait_port(port)
     except TimeoutError:
         proc.kill()
-        raise RuntimeError(
-            f"mosquitto did not start: {proc.stderr.read().decode() if proc.stderr else ''}"
-        ) from None
+        raise RuntimeError(f"mosquitto did not start: {log_path.read_text()[-3000:]}") from None
     return Mosquitto("127.0.0.1", port, proc, conf)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import queue
 import time
 import urllib.error
 import urllib.request
@@ -10,10 +11,23 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from edgekite.config import HubConfig, load_hub_config
 from edgekite.simulate import TrafficGenerator
-from edgekite.sync_protocol import CONTENT_TYPE, SIGNATURE_HEADER, BatchHeader, encode_batch, sign
+from edgekite.sync_protocol import (
+    CONTENT_TYPE,
+    SIGNATURE_HEADER,
+    SIGNATURE_PROPERTY,
+    Ack,
+    BatchHeader,
+    encode_batch,
+    sign,
+)
+from edgekite.topics import hub_ack_topic, hub_batch_topic, hub_status_topic
 
 KEY_A = "edge-a-key-0123456789abcdef"
 KEY_B = "edge-b-key-0123456789abcdef"
@@ -98,3 +112,50 @@ def metric(text: str, name: str, labels: str = "") -> float:
         if line.startswith(want + " "):
             return float(line.split()[-1])
     return 0.0
+
+
+class FakeEdge:
+    """The edge's side of the hub protocol, with paho: publish signed batches, collect acks."""
+
+    def __init__(self, broker: Any, edge_id: str) -> None:
+        self.edge_id = edge_id
+        self.acks: queue.Queue[Ack] = queue.Queue()
+        self.status: queue.Queue[bytes] = queue.Queue()
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"fake-{edge_id}", protocol=mqtt.MQTTv5)
+        c.on_message = self._on_message
+        c.connect(broker.host, broker.port)
+        c.loop_start()
+        c.subscribe([(hub_ack_topic(edge_id), 1), (hub_status_topic(), 1)])
+        time.sleep(0.2)
+        self.client = c
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == hub_status_topic():
+            self.status.put(bytes(msg.payload))
+        else:
+            self.acks.put(Ack.model_validate(orjson.loads(msg.payload)))
+
+    def send(
+        self, payload: bytes, *, key: str | None = None, topic_edge: str | None = None, wait: bool = True
+    ) -> mqtt.MQTTMessageInfo:
+        """Publish one batch; ``wait=False`` returns at once (a burst reaches the broker together)."""
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        if key is not None:
+            props.UserProperty = (SIGNATURE_PROPERTY, sign(key, payload))
+        info = self.client.publish(
+            hub_batch_topic(topic_edge or self.edge_id), payload, qos=1, properties=props
+        )
+        if wait:
+            info.wait_for_publish(10)
+        return info
+
+    def collect(self, n: int, timeout: float = 30.0) -> list[Ack]:
+        out = []
+        deadline = time.monotonic() + timeout
+        while len(out) < n:
+            out.append(self.acks.get(timeout=max(0.01, deadline - time.monotonic())))
+        return out
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

@@ -10,64 +10,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import orjson
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from edgekite.config import load_hub_config
 from edgekite.hubstore import HubStore
-from edgekite.sync_protocol import SIGNATURE_PROPERTY, Ack, sign
-from edgekite.topics import hub_ack_topic, hub_batch_topic, hub_status_topic
 from tests.conftest import HubProcess, Mosquitto, start_mosquitto, wait_for
-from tests.hub_ingest.helpers import KEY_A, KEY_B, batch, envelopes, http, metric
+from tests.hub_ingest.helpers import KEY_A, KEY_B, FakeEdge, batch, envelopes, http, metric
 
 KEYS = {"edge-a": KEY_A, "edge-b": KEY_B}
 EDGES_ENV = json.dumps({e: {"api_key": k} for e, k in KEYS.items()})
-
-
-class FakeEdge:
-    """The edge's side of the hub protocol, with paho: publish signed batches, collect acks."""
-
-    def __init__(self, broker: Mosquitto, edge_id: str) -> None:
-        self.edge_id = edge_id
-        self.acks: queue.Queue[Ack] = queue.Queue()
-        self.status: queue.Queue[bytes] = queue.Queue()
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"fake-{edge_id}", protocol=mqtt.MQTTv5)
-        c.on_message = self._on_message
-        c.connect(broker.host, broker.port)
-        c.loop_start()
-        c.subscribe([(hub_ack_topic(edge_id), 1), (hub_status_topic(), 1)])
-        time.sleep(0.2)
-        self.client = c
-
-    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        if msg.topic == hub_status_topic():
-            self.status.put(bytes(msg.payload))
-        else:
-            self.acks.put(Ack.model_validate(orjson.loads(msg.payload)))
-
-    def send(self, payload: bytes, *, key: str | None = None, topic_edge: str | None = None) -> None:
-        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        if key is not None:
-            props.UserProperty = (SIGNATURE_PROPERTY, sign(key, payload))
-        info = self.client.publish(
-            hub_batch_topic(topic_edge or self.edge_id), payload, qos=1, properties=props
-        )
-        info.wait_for_publish(10)
-
-    def collect(self, n: int, timeout: float = 30.0) -> list[Ack]:
-        out = []
-        deadline = time.monotonic() + timeout
-        while len(out) < n:
-            out.append(self.acks.get(timeout=max(0.01, deadline - time.monotonic())))
-        return out
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 @pytest.fixture
@@ -198,16 +149,17 @@ def test_a_hub_stopped_mid_stream_leaves_no_stored_batch_to_come_again(
 ) -> None:
     """SIGTERM while batches flow: the hub PUBACKs every batch it stored before it leaves, so the
     next hub gets only the batches the first one had not taken (none answered as a duplicate)."""
-    n_batches = 150
-    payloads = [batch("edge-a", f"s:{i}", envelopes(40, seed=5000 + i)) for i in range(n_batches)]
+    n_batches, size = 150, 200
+    payloads = [batch("edge-a", f"s:{i}", envelopes(size, seed=5000 + i)) for i in range(n_batches)]
     data_dir = tmp_path / "hub"
     env = {"EDGEKITE_HUB_MQTT__CONSUMERS": "2"}  # the consumer stopped first has no last word
     hub = HubProcess(data_dir, "--mqtt-url", broker.url, env=env).start()
     edge = FakeEdge(broker, "edge-a")
-    for p in payloads:
-        edge.send(p)
-    first = edge.collect(30)  # the stop lands while the rest is still coming
+    sent = [edge.send(p, wait=False) for p in payloads]  # all at the broker before the hub is half done
+    first = edge.collect(10)  # the stop lands while the rest is still coming
     assert hub.terminate() == 0
+    for info in sent:
+        info.wait_for_publish(10)
     hub = HubProcess(data_dir, "--mqtt-url", broker.url, env=env).start()
     acked = {a.batch_id for a in first}
     deadline = time.monotonic() + 60
@@ -218,6 +170,6 @@ def test_a_hub_stopped_mid_stream_leaves_no_stored_batch_to_come_again(
     text = http("GET", f"{hub.http_url}/metrics")[2]
     assert metric(text, "edgekite_hub_batches_duplicate_total") == 0, "a stored batch came again"
     fleet = http("GET", f"{hub.http_url}/api/fleet")[2]
-    assert fleet["edges"][0]["events"] == n_batches * 40
+    assert fleet["edges"][0]["events"] == n_batches * size
     edge.close()
     assert hub.terminate() == 0
