@@ -12,9 +12,9 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-import datasketches
 import orjson
 
+from edgekite import hll
 from edgekite.config import RollupsSection
 from edgekite.ingest import EventRow
 from edgekite.rollups import (
@@ -83,7 +83,7 @@ class RollupWriter:
     def __init__(self, cfg: RollupsSection) -> None:
         self._cfg = cfg
         self._gap_ms = int(cfg.incident_gap_secs * 1000)
-        self._sketches: OrderedDict[tuple[str, str, int], datasketches.hll_sketch] = OrderedDict()
+        self._sketches: OrderedDict[tuple[str, str, int], hll.hll_sketch] = OrderedDict()
         self._incidents: dict[str, _Incident | None] = {}
 
     def reset(self) -> None:
@@ -146,7 +146,7 @@ class RollupWriter:
         conn.execute(_UPSERT_COUNTER, ("events_stored", len(rows)))
 
     # -- sketches --------------------------------------------------------------------------
-    def _sketch(self, conn: sqlite3.Connection, key: tuple[str, str, int]) -> datasketches.hll_sketch:
+    def _sketch(self, conn: sqlite3.Connection, key: tuple[str, str, int]) -> hll.hll_sketch:
         sk = self._sketches.get(key)
         if sk is not None:
             self._sketches.move_to_end(key)
@@ -155,9 +155,9 @@ class RollupWriter:
             "SELECT sketch FROM sketches WHERE dim = ? AND granularity = ? AND bucket = ?", key
         ).fetchone()
         sk = (
-            datasketches.hll_sketch.deserialize(bytes(row[0]))
+            hll.hll_sketch.deserialize(bytes(row[0]))
             if row is not None
-            else datasketches.hll_sketch(self._cfg.hll_lg_k, datasketches.tgt_hll_type.HLL_4)
+            else hll.hll_sketch(self._cfg.hll_lg_k, hll.tgt_hll_type.HLL_4)
         )
         self._sketches[key] = sk
         while len(self._sketches) > _SKETCH_CACHE:
@@ -250,9 +250,9 @@ class RollupWriter:
 
 def merged_estimate(blobs: list[bytes], lg_k: int) -> dict[str, float]:
     """Union of stored sketches: the estimate with 95 % bounds (two standard deviations)."""
-    union = datasketches.hll_union(lg_k)
+    union = hll.hll_union(lg_k)
     for blob in blobs:
-        union.update(datasketches.hll_sketch.deserialize(blob))
+        union.update(hll.hll_sketch.deserialize(blob))
     result = union.get_result()
     return {
         "value": round(result.get_estimate()),
