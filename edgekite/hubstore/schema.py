@@ -7,6 +7,10 @@ Why these shapes:
   insert deduplication window no longer remembers, or the same events re-batched under another
   batch id) collapses to one row when parts merge. Queries that must be exact before a merge use
   ``LIMIT 1 BY event_id`` or read the ``batches`` ledger, never ``FINAL`` on the big table.
+  Without a version column the copy that survives is the *last* inserted one (already within
+  one INSERT block), so nothing derived from a copy's ``hub_received_at`` (say, an event's first
+  arrival) is stable across merges: a cache or rollup of it would need a version column that
+  keeps the earliest arrival, i.e. a new table (``bench/README-issue6-queries.md``).
 - It is partitioned by the edge's ``received_at`` (a sane clock), not ``observed_at``: devices
   send absurd observation times, and a partition per bogus month would explode the part count.
 - ``non_replicated_deduplication_window`` makes ClickHouse remember the last N insert
