@@ -2,8 +2,8 @@
 
 The ``datasketches`` package, and its ``_datasketches`` extension when it loads, import numpy
 for the array conversions of other sketch families. The edge keeps only HLL sketches, which
-never touch numpy, and numpy costs the edge about 13 MB of resident memory (of an 80 MB
-budget; measured with ``bench/edge_footprint.py``). So the extension is loaded directly with
+never touch numpy, and numpy cost the edge about 11 MB of resident memory (of an 80 MB
+budget; measured with ``bench/edge_footprint.py``, 2026-12-06). So the extension is loaded directly with
 ``import numpy`` made to fail; it then prints one ``ModuleNotFoundError`` line, which is
 swallowed, and works. Where numpy is already imported (the hub, tests) or this datasketches
 cannot load without it, it is loaded the usual way.

@@ -318,8 +318,7 @@ class Consumer:
 
         def committed(ack: Ack | None, edge_id: str) -> None:
             if ack is None:  # an unexpected error, logged: not acknowledged, the broker redelivers
-                with self._pending_lock:
-                    self._pending -= 1
+                release()
                 return
             finish(ack, edge_id)
 
@@ -331,8 +330,7 @@ class Consumer:
                     self.client_id,
                     exc_info=exc,
                 )
-                with self._pending_lock:
-                    self._pending -= 1
+                release()
                 return
             prepared = fut.result()
             if isinstance(prepared, Ack):
@@ -356,8 +354,7 @@ class Consumer:
                 log.exception(
                     "consumer %s: unexpected error decoding a batch; not acknowledged", self.client_id
                 )
-                with self._pending_lock:
-                    self._pending -= 1
+                release()
                 return
             fut.add_done_callback(lambda f: prepared_done(f, edge_id))
 
