@@ -65,7 +65,7 @@ def test_edge_on_embedded_defaults_ingests_serves_metrics_and_stops_cleanly(tmp_
     status, body = http_get(f"{base}/api/health")
     health = json.loads(body)
     assert (status, health["status"], health["mqtt_connected"]) == (200, "ok", True)
-    # The HLL sketches are loaded without numpy (edgekite.hll): ~13 MB the edge does not map.
+    # The HLL sketches are loaded without numpy (edgekite.hll): ~11 MB the edge does not map.
     assert edge.proc is not None
     assert "numpy" not in Path(f"/proc/{edge.proc.pid}/maps").read_text()
     assert edge.terminate() == 0

@@ -5,25 +5,14 @@ from __future__ import annotations
 import contextlib
 import queue
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from edgekite.hub_metrics import HubMetrics
 from edgekite.hubstore import HubStore
 from hub_ingest.consumer import ConsumerGroup
 from hub_ingest.processor import BatchProcessor
-from tests.conftest import Mosquitto, start_mosquitto
+from tests.conftest import Mosquitto
 from tests.hub_ingest.helpers import FakeEdge, batch, envelopes, hub_config
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    b = start_mosquitto(tmp_path)
-    yield b
-    b.proc.terminate()
-    b.proc.wait(10)
 
 
 def _group(store: HubStore, broker: Mosquitto, metrics: HubMetrics) -> ConsumerGroup:
@@ -42,7 +31,7 @@ def _group(store: HubStore, broker: Mosquitto, metrics: HubMetrics) -> ConsumerG
     return group
 
 
-def test_a_batch_is_consumed_only_once_its_ack_is_at_the_broker(tmp_path: Path, broker: Mosquitto) -> None:
+def test_a_batch_is_consumed_only_once_its_ack_is_at_the_broker(tmp_path: Path, mosquitto: Mosquitto) -> None:
     """Stopping mid-burst: every batch the hub stored and let go of has its ack with the edge, and
     the rest come to the next session; nothing is answered twice or left unanswered."""
     store = HubStore(hub_config(tmp_path / "hub"))
@@ -50,6 +39,7 @@ def test_a_batch_is_consumed_only_once_its_ack_is_at_the_broker(tmp_path: Path, 
     try:
         n = 300
         payloads = [batch("edge-a", f"b:{i}", envelopes(20, seed=900 + i)) for i in range(n)]
+        broker = mosquitto
         edge = FakeEdge(broker, "edge-a")
         metrics = HubMetrics()
         group = _group(store, broker, metrics)
