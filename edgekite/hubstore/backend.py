@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,7 +24,7 @@ import orjson
 import pyarrow as pa
 
 from edgekite.config import HubConfig
-from edgekite.hubstore.schema import ddl
+from edgekite.hubstore.schema import ddl, events_migration, events_needs_migration
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,32 @@ class HubStore:
             self._open_clickhouse()
         for statement in ddl(self.config):
             self.command(statement)
+        self._migrate_events()
         log.info("hub storage open: %s", self.description)
+
+    def _migrate_events(self) -> None:
+        """Give an ``events`` table from before ``first_arrival_ver`` the version (see schema.py)."""
+        db = self.database
+        rows = self.query_rows(
+            "SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = 'events'",
+            {"db": db},
+        )
+        if not rows or not events_needs_migration(str(rows[0][0])):
+            return
+        parts = self.query_rows(
+            "SELECT DISTINCT partition_id FROM system.parts"
+            " WHERE database = {db:String} AND table = 'events' AND active ORDER BY partition_id",
+            {"db": db},
+        )
+        started = time.monotonic()
+        window = int(self.config.storage.dedup_window_batches)
+        for statement in events_migration(db, window, [str(p[0]) for p in parts]):
+            self.command(statement)
+        log.info(
+            "events table migrated to keep each event's first arrival (%d partitions, %.1f s)",
+            len(parts),
+            time.monotonic() - started,
+        )
 
     def _open_chdb(self) -> None:
         from chdb import session

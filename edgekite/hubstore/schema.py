@@ -7,10 +7,12 @@ Why these shapes:
   insert deduplication window no longer remembers, or the same events re-batched under another
   batch id) collapses to one row when parts merge. Queries that must be exact before a merge use
   ``LIMIT 1 BY event_id`` or read the ``batches`` ledger, never ``FINAL`` on the big table.
-  Without a version column the copy that survives is the *last* inserted one (already within
-  one INSERT block), so nothing derived from a copy's ``hub_received_at`` (say, an event's first
-  arrival) is stable across merges: a cache or rollup of it would need a version column that
-  keeps the earliest arrival, i.e. a new table (``bench/README-issue6-queries.md``).
+  Its version column ``first_arrival_ver`` is larger for earlier ``hub_received_at``, so the
+  copy that survives a merge is the event's *first* arrival at the hub. That makes "the hub day
+  an event first arrived" immutable once the day is over: a later copy can never remove the
+  earlier one, so per-day figures of closed days can be cached (the fleet drill-down does).
+  Hubs created before it had no version (the *last* copy survived); ``events_migration``
+  moves their parts into the new engine at start (hard links, no copy of the data).
 - It is partitioned by the edge's ``received_at`` (a sane clock), not ``observed_at``: devices
   send absurd observation times, and a partition per bogus month would explode the part count.
 - ``non_replicated_deduplication_window`` makes ClickHouse remember the last N insert
@@ -104,36 +106,7 @@ def ddl(config: HubConfig) -> list[str]:
     window = int(config.storage.dedup_window_batches)
     return [
         f"CREATE DATABASE IF NOT EXISTS {db}",
-        f"""CREATE TABLE IF NOT EXISTS {db}.events (
-    event_id UUID,
-    edge_id LowCardinality(String),
-    batch_id String,
-    observed_at DateTime64(3, 'UTC'),
-    received_at DateTime64(3, 'UTC'),
-    hub_received_at DateTime64(3, 'UTC'),
-    source_type LowCardinality(String),
-    source_id LowCardinality(String),
-    category LowCardinality(String),
-    type LowCardinality(String),
-    severity LowCardinality(String),
-    source_seq Nullable(UInt64),
-    correlation_id Nullable(String),
-    session_id Nullable(String),
-    incident_id Nullable(String),
-    data String CODEC(ZSTD(3)),
-    attachments String,
-    source_version Nullable(String),
-    source_metadata String CODEC(ZSTD(3)),
-    schema_version LowCardinality(String),
-    pii UInt8,
-    retention_class LowCardinality(String),
-    flags UInt8,
-    visitor_id UInt64 DEFAULT 0
-)
-ENGINE = ReplacingMergeTree
-PARTITION BY toYYYYMM(received_at)
-ORDER BY (category, source_id, type, observed_at, event_id)
-SETTINGS non_replicated_deduplication_window = {window}""",
+        events_table_sql(db, "events", window),
         # Hubs created before visitor ids were computed at ingest (0 = unknown).
         f"ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS visitor_id UInt64 DEFAULT 0",
         f"""CREATE TABLE IF NOT EXISTS {db}.batches (
@@ -164,4 +137,70 @@ PARTITION BY toYYYYMM(hub_received_at)
 ORDER BY (hub_received_at, edge_id, batch_id, event_index)
 TTL toDateTime(hub_received_at) + INTERVAL {DEAD_LETTER_TTL_DAYS} DAY
 SETTINGS non_replicated_deduplication_window = {window}""",
+    ]
+
+
+# Larger for an earlier hub arrival (ms up to the year 9999), so ReplacingMergeTree keeps the first.
+FIRST_ARRIVAL_VER = "toUInt64(253402300799999 - toUnixTimestamp64Milli(hub_received_at))"
+
+
+def events_table_sql(db: str, name: str, window: int) -> str:
+    """``CREATE TABLE`` of the raw events table (``name`` differs only while migrating)."""
+    return f"""CREATE TABLE IF NOT EXISTS {db}.{name} (
+    event_id UUID,
+    edge_id LowCardinality(String),
+    batch_id String,
+    observed_at DateTime64(3, 'UTC'),
+    received_at DateTime64(3, 'UTC'),
+    hub_received_at DateTime64(3, 'UTC'),
+    source_type LowCardinality(String),
+    source_id LowCardinality(String),
+    category LowCardinality(String),
+    type LowCardinality(String),
+    severity LowCardinality(String),
+    source_seq Nullable(UInt64),
+    correlation_id Nullable(String),
+    session_id Nullable(String),
+    incident_id Nullable(String),
+    data String CODEC(ZSTD(3)),
+    attachments String,
+    source_version Nullable(String),
+    source_metadata String CODEC(ZSTD(3)),
+    schema_version LowCardinality(String),
+    pii UInt8,
+    retention_class LowCardinality(String),
+    flags UInt8,
+    visitor_id UInt64 DEFAULT 0,
+    first_arrival_ver UInt64 MATERIALIZED {FIRST_ARRIVAL_VER}
+)
+ENGINE = ReplacingMergeTree(first_arrival_ver)
+PARTITION BY toYYYYMM(received_at)
+ORDER BY (category, source_id, type, observed_at, event_id)
+SETTINGS non_replicated_deduplication_window = {window}"""
+
+
+def events_needs_migration(engine_full: str) -> bool:
+    """True for an ``events`` table from before the version column (the last copy survived)."""
+    return not engine_full.startswith("ReplacingMergeTree(first_arrival_ver)")
+
+
+def events_migration(db: str, window: int, partition_ids: list[str]) -> list[str]:
+    """Statements moving an old ``events`` table's parts into one with ``first_arrival_ver``.
+
+    ``ATTACH PARTITION ... FROM`` hard-links the parts (instant, no second copy on disk); the
+    old table first gets the same column (computed, nothing rewritten) so the structures match.
+    ``EXCHANGE TABLES`` swaps the two atomically, so the name ``events`` (and the views over it)
+    never points at a half-filled table. The old table's insert-deduplication tokens stay behind:
+    for one window a resent batch is caught by the ledger only, as it always is first. Run it
+    before anything inserts (the hub does, when it opens the store); a second hub process on the
+    same server must be stopped for the upgrade.
+    """
+    t, tmp = f"{db}.events", f"{db}.events_first_arrival"
+    return [
+        f"DROP TABLE IF EXISTS {tmp} SYNC",  # a migration cut short before the exchange
+        f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS first_arrival_ver UInt64 MATERIALIZED {FIRST_ARRIVAL_VER}",
+        events_table_sql(db, "events_first_arrival", window),
+        *(f"ALTER TABLE {tmp} ATTACH PARTITION ID '{pid}' FROM {t}" for pid in partition_ids),
+        f"EXCHANGE TABLES {t} AND {tmp}",
+        f"DROP TABLE {tmp} SYNC",
     ]
