@@ -26,8 +26,11 @@ from edgekite.envelope import EDGE_ID_PATTERN, parse_timestamp
 from edgekite.hubstore import HubStore
 from hub_api import analytics_queries as aq
 from hub_api.app import CTX, ApiError
+from hub_api.edge_days import EdgeDaysCache, edge_day_rows, plan_days
 
 DEFAULT_DAYS = 7
+# Closed hub days of each edge's drill-down, computed once (hub_api/edge_days.py).
+EDGE_DAYS = web.AppKey("hub_api_edge_days", EdgeDaysCache)
 MAX_RANGE_DAYS = 400
 MAX_TEXT = 256
 TOP_DEFAULT, TOP_MAX = 10, 100
@@ -428,29 +431,40 @@ async def get_sensors(request: web.Request) -> web.Response:
 
 
 # -- fleet --------------------------------------------------------------------------------------
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
 async def get_edge(request: web.Request) -> web.Response:
     edge_id = request.match_info["edge_id"]
     if not _EDGE_RE.match(edge_id):
         raise _bad("edge_id: not a valid edge id")
     from_ms, to_ms = _period(request, default_days=30)
-    db = request.app[CTX].store.database
+    ctx = request.app[CTX]
+    db = ctx.store.database
     params = {"edge_id": edge_id, "from": from_ms, "to": to_ms}
-    latest, (ledger, known, days, beats) = await _query(
+    plan = plan_days(from_ms, to_ms, _now_ms())
+    latest, (ledger, known, beats) = await _query(
         request,
         [
             (aq.edge_ledger_sql(db), params),
             (aq.edge_known_sql(db), params),
-            (aq.edge_days_sql(db), params),
             (aq.edge_heartbeats_sql(db), params),
         ],
     )
     batches, last_seen, backlog = ledger[0] if ledger else (0, 0, 0)
     if not int(batches) and not (known and int(known[0][0])):
         raise ApiError(404, "not_found", f"no edge {edge_id!r} has sent anything to this hub")
+    days_sql = aq.edge_first_arrivals_sql(db)
+
+    def first_arrivals(a: int, b: int) -> list[tuple[Any, ...]]:
+        return ctx.store.query_rows(days_sql, {"edge_id": edge_id, "a": a, "b": b})
+
+    days = await ctx.store.run(edge_day_rows, request.app[EDGE_DAYS], first_arrivals, db, edge_id, plan)
     events_per_day: dict[int, int] = {}
     per_source: dict[str, list[int]] = {}
     lag = []
-    for k, d, s, n, q, last in days:  # ordered by kind, day, source
+    for k, _hub_day, d, s, n, q, last in days:
         if int(k) == 0:
             events_per_day[int(d)] = events_per_day.get(int(d), 0) + int(n)
             acc = per_source.setdefault(str(s), [0, int(last)])
@@ -466,7 +480,8 @@ async def get_edge(request: web.Request) -> web.Response:
                     "p99_ms": int(q[2]),
                 }
             )
-    per_day = [{"day": d, "events": n} for d, n in events_per_day.items()]
+    lag.sort(key=lambda row: row["day"])
+    per_day = [{"day": d, "events": n} for d, n in sorted(events_per_day.items())]
     sources = sorted(per_source.items(), key=lambda item: (-item[1][0], item[0]))[: aq.EDGE_SOURCES_MAX]
     heartbeats = [dict(zip(aq.HEARTBEAT_COLUMNS, r, strict=True)) for r in beats]
     for h in heartbeats:
@@ -500,5 +515,6 @@ ROUTES: tuple[tuple[str, Callable[[web.Request], Any]], ...] = (
 
 def add_analytics_routes(app: web.Application) -> None:
     """Mount the analytics routes on the hub's app (after ``create_app`` set ``app[CTX]``)."""
+    app[EDGE_DAYS] = EdgeDaysCache()
     for path, handler in ROUTES:
         app.router.add_get(path, handler)

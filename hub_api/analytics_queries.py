@@ -537,35 +537,49 @@ def edge_ledger_sql(db: str) -> str:
 FROM {db}.batches FINAL WHERE edge_id = {{edge_id:String}}"""
 
 
-def edge_days_sql(db: str) -> str:
-    """Rows ``(kind, day_ms, source_id, events, [p50, p95, p99], last_seen_ms)`` of the edge's events
-    received by the hub in the period, one per ``event_id``, in one pass: kind 0 = events per day
-    of the edge's ``received_at`` and source (``last_seen_ms``: the source's newest
-    ``observed_at`` that day), kind 1 = sync lag percentiles per day of ``hub_received_at``
-    (``source_id`` empty). The route sums kind 0 into events per day and per source.
+def edge_first_arrivals_sql(db: str) -> str:
+    """Rows ``(kind, hub_day_ms, day_ms, source_id, events, [p50, p95, p99], last_seen_ms)`` of the
+    edge's events whose **first arrival** at the hub is in ``[a, b)`` (ms, ``hub_received_at``).
 
-    One row per ``event_id`` by ``GROUP BY event_id`` (a parallel hash aggregation) instead of
-    ``LIMIT 1 BY event_id`` (single-threaded): both keep one arbitrary stored copy of each event;
-    ``hub_received_at`` is taken from one copy and the lag computed from it. Those rows are then
-    folded once into (received day, source, hub day) groups holding the exact lag values as a
-    ``quantilesExact`` state; only these few groups are split into the two kinds, and kind 1
-    merges the states per hub day. Splitting every event into both kinds before grouping (one
-    ``arrayJoin`` per event) doubled the rows of the largest aggregation."""
-    inner = f"""SELECT any(toUnixTimestamp64Milli(received_at)) AS r_ms,
-        any(toUnixTimestamp64Milli(hub_received_at)) AS h_ms,
-        any(toUnixTimestamp64Milli(observed_at)) AS o_ms, any(toString(source_id)) AS src
-    FROM {db}.events WHERE edge_id = {{edge_id:String}}
-        AND hub_received_at >= {_ts("from")} AND hub_received_at < {_ts("to")}
+    Each event counts once, on the hub day it first arrived (``hub_day_ms``): kind 0 = events per
+    day of the edge's ``received_at`` and source (``last_seen_ms``: the source's newest
+    ``observed_at``), kind 1 = sync lag (first arrival - ``observed_at``) percentiles of the hub
+    day (``day_ms`` = ``hub_day_ms``, ``source_id`` empty). Rows of a closed hub day never
+    change: a copy arriving later is later, and the table keeps the first copy on merge
+    (``first_arrival_ver``), so the fleet route caches them per day.
+
+    An event with a copy stored before ``a`` (or one of another edge's copies before its own:
+    the merge keeps only the first) did not first arrive here and is left out. The check joins
+    the candidates with those other copies. Copies share ``observed_at``, so the other copies are
+    looked for only within the candidates' ``observed_at`` range (a key column): an hour of data
+    probes a few hundred thousand ids instead of every stored one. Two copies arriving in the
+    same millisecond through two edges count for both (a merge then keeps one)."""
+    h = "hub_received_at"
+    own = f"edge_id = {{edge_id:String}} AND {h} >= {_ts('a')} AND {h} < {_ts('b')}"
+    cand = f"""SELECT event_id, min(toUnixTimestamp64Milli({h})) AS h_ms,
+        any(toUnixTimestamp64Milli(received_at)) AS r_ms, any(toUnixTimestamp64Milli(observed_at)) AS o_ms,
+        any(toString(source_id)) AS src
+    FROM {db}.events WHERE {own}
     GROUP BY event_id"""
+    other = f"""SELECT event_id, min(toUnixTimestamp64Milli({h})) AS m
+    FROM {db}.events
+    WHERE observed_at >= (SELECT min(observed_at) FROM {db}.events WHERE {own})
+        AND observed_at <= (SELECT max(observed_at) FROM {db}.events WHERE {own})
+        AND {h} < {_ts("b")} AND NOT ({own})
+        AND event_id IN (SELECT event_id FROM {db}.events WHERE {own})
+    GROUP BY event_id"""
+    kept = f"""SELECT c.h_ms AS h_ms, c.r_ms AS r_ms, c.o_ms AS o_ms, c.src AS src
+    FROM ({cand}) AS c LEFT ANY JOIN ({other}) AS o ON c.event_id = o.event_id
+    WHERE o.m = 0 OR o.m >= c.h_ms"""
     groups = f"""SELECT intDiv(r_ms, {DAY_MS}) * {DAY_MS} AS dr, src, intDiv(h_ms, {DAY_MS}) * {DAY_MS} AS dh,
         count() AS n, quantilesExactState(0.5, 0.95, 0.99)(h_ms - o_ms) AS st, max(o_ms) AS last
-    FROM ({inner}) GROUP BY dr, src, dh"""
-    return f"""SELECT k, d, s, sum(n) AS events, quantilesExactMergeIf(0.5, 0.95, 0.99)(st, k = 1) AS q,
+    FROM ({kept}) GROUP BY dr, src, dh"""
+    return f"""SELECT k, dh, d, s, sum(n) AS events, quantilesExactMergeIf(0.5, 0.95, 0.99)(st, k = 1) AS q,
     max(last) AS last_seen
 FROM (
-    SELECT arrayJoin([(0, dr, src), (1, dh, '')]) AS kd, kd.1 AS k, kd.2 AS d, kd.3 AS s, n, st, last
+    SELECT arrayJoin([(0, dr, src), (1, dh, '')]) AS kd, kd.1 AS k, kd.2 AS d, kd.3 AS s, dh, n, st, last
     FROM ({groups}))
-GROUP BY k, d, s ORDER BY k, d, s"""
+GROUP BY k, dh, d, s ORDER BY k, dh, d, s"""
 
 
 HEARTBEAT_COLUMNS: tuple[str, ...] = (
