@@ -158,7 +158,7 @@ def main() -> int:
             if args.only and args.only not in name:
                 continue
             url = server.url + path
-            _, status, body = fetch(url)  # warm-up
+            first_ms, status, body = fetch(url)  # warm-up; for the fleet route it fills the day cache
             if status != 200:
                 raise SystemExit(f"{name}: HTTP {status}: {body[:300]!r}")
             times = [fetch(url)[0] for _ in range(args.runs)]
@@ -171,13 +171,17 @@ def main() -> int:
                 "p50_ms": round(statistics.median(times), 1),
                 "p95_ms": round(pct(times, 0.95), 1),
                 "max_ms": round(max(times), 1),
+                "first_ms": round(first_ms, 1),
                 "bytes": len(body),
                 "shape": shape,
                 "rss_after": rss(),
             }
             results.append(row)
             flag = "" if row["p95_ms"] < TARGET_MS else "  MISS"
-            print(f"{name:36s} p50 {row['p50_ms']:8.1f}  p95 {row['p95_ms']:8.1f} ms{flag}", flush=True)
+            print(
+                f"{name:36s} p50 {row['p50_ms']:8.1f}  p95 {row['p95_ms']:8.1f} ms  (first {first_ms:.0f} ms){flag}",
+                flush=True,
+            )
     finally:
         sampler.stop_flag.set()
         sampler.join()
@@ -186,9 +190,16 @@ def main() -> int:
         store.shutdown_executor()
     print()
     print_table(
-        ["query", "p50 ms", "p95 ms", "max ms", "< 500 ms"],
+        ["query", "p50 ms", "p95 ms", "max ms", "first ms", "< 500 ms"],
         [
-            [r["query"], r["p50_ms"], r["p95_ms"], r["max_ms"], "yes" if r["p95_ms"] < TARGET_MS else "NO"]
+            [
+                r["query"],
+                r["p50_ms"],
+                r["p95_ms"],
+                r["max_ms"],
+                r["first_ms"],
+                "yes" if r["p95_ms"] < TARGET_MS else "NO",
+            ]
             for r in results
         ],
     )

@@ -548,29 +548,25 @@ def edge_first_arrivals_sql(db: str) -> str:
     change: a copy arriving later is later, and the table keeps the first copy on merge
     (``first_arrival_ver``), so the fleet route caches them per day.
 
-    An event with a copy stored before ``a`` (or one of another edge's copies before its own:
-    the merge keeps only the first) did not first arrive here and is left out. The check joins
-    the candidates with those other copies. Copies share ``observed_at``, so the other copies are
-    looked for only within the candidates' ``observed_at`` range (a key column): an hour of data
-    probes a few hundred thousand ids instead of every stored one. Two copies arriving in the
-    same millisecond through two edges count for both (a merge then keeps one)."""
+    An event with a copy stored before its copy here (an earlier copy of this edge, or another
+    edge's: the merge keeps only the first) did not first arrive here and is left out. One
+    aggregation per ``event_id`` sees every copy of the candidates: copies share ``observed_at``
+    (a key column), so only rows within the candidates' ``observed_at`` range are read, and of
+    those only the candidates' ids are kept (an hour of data probes a few hundred thousand ids,
+    not every stored one). ``h_ms`` is this edge's first copy in ``[a, b)``, ``first_ms`` the
+    first copy anywhere. Two copies arriving in the same millisecond through two edges count for
+    both (a merge then keeps one)."""
     h = "hub_received_at"
     own = f"edge_id = {{edge_id:String}} AND {h} >= {_ts('a')} AND {h} < {_ts('b')}"
-    cand = f"""SELECT event_id, min(toUnixTimestamp64Milli({h})) AS h_ms,
-        any(toUnixTimestamp64Milli(received_at)) AS r_ms, any(toUnixTimestamp64Milli(observed_at)) AS o_ms,
-        any(toString(source_id)) AS src
-    FROM {db}.events WHERE {own}
-    GROUP BY event_id"""
-    other = f"""SELECT event_id, min(toUnixTimestamp64Milli({h})) AS m
+    kept = f"""WITH (SELECT (min(observed_at), max(observed_at)) FROM {db}.events WHERE {own}) AS win
+    SELECT event_id, minIf(toUnixTimestamp64Milli({h}), {own}) AS h_ms,
+        min(toUnixTimestamp64Milli({h})) AS first_ms,
+        anyIf(toUnixTimestamp64Milli(received_at), {own}) AS r_ms,
+        any(toUnixTimestamp64Milli(observed_at)) AS o_ms, anyIf(toString(source_id), {own}) AS src
     FROM {db}.events
-    WHERE observed_at >= (SELECT min(observed_at) FROM {db}.events WHERE {own})
-        AND observed_at <= (SELECT max(observed_at) FROM {db}.events WHERE {own})
-        AND {h} < {_ts("b")} AND NOT ({own})
+    WHERE observed_at >= win.1 AND observed_at <= win.2 AND {h} < {_ts("b")}
         AND event_id IN (SELECT event_id FROM {db}.events WHERE {own})
-    GROUP BY event_id"""
-    kept = f"""SELECT c.h_ms AS h_ms, c.r_ms AS r_ms, c.o_ms AS o_ms, c.src AS src
-    FROM ({cand}) AS c LEFT ANY JOIN ({other}) AS o ON c.event_id = o.event_id
-    WHERE o.m = 0 OR o.m >= c.h_ms"""
+    GROUP BY event_id HAVING h_ms > 0 AND first_ms >= h_ms"""
     groups = f"""SELECT intDiv(r_ms, {DAY_MS}) * {DAY_MS} AS dr, src, intDiv(h_ms, {DAY_MS}) * {DAY_MS} AS dh,
         count() AS n, quantilesExactState(0.5, 0.95, 0.99)(h_ms - o_ms) AS st, max(o_ms) AS last
     FROM ({kept}) GROUP BY dr, src, dh"""
