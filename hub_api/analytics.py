@@ -483,11 +483,28 @@ async def get_edge(request: web.Request) -> web.Response:
     lag.sort(key=lambda row: row["day"])
     per_day = [{"day": d, "events": n} for d, n in sorted(events_per_day.items())]
     sources = sorted(per_source.items(), key=lambda item: (-item[1][0], item[0]))[: aq.EDGE_SOURCES_MAX]
-    heartbeats = [dict(zip(aq.HEARTBEAT_COLUMNS, r, strict=True)) for r in beats]
-    for h in heartbeats:
-        h["last_heartbeat_at"] = int(h["last_heartbeat_at"])
-        h["heartbeats"] = int(h["heartbeats"])
-        h["uptime_seconds"] = int(h["uptime_seconds"])
+    vitals: dict[str, tuple[Any, ...]] = {}
+    if beats:
+        newest: dict[str, Any] = {"edge_id": edge_id}
+        for i, r in enumerate(beats):
+            newest[f"s{i}"], newest[f"t{i}"] = r[0], int(r[2])
+        vitals_sql = aq.edge_heartbeat_vitals_sql(db, len(beats))
+        vitals = {str(r[0]): r[1:] for r in await ctx.store.run(ctx.store.query_rows, vitals_sql, newest)}
+    heartbeats = []
+    for source_id, source_type, last_at, count in beats:
+        uptime, cpu, memory, disk = vitals.get(str(source_id), (0, 0.0, 0.0, 0.0))
+        heartbeats.append(
+            {
+                "source_id": source_id,
+                "source_type": source_type,
+                "last_heartbeat_at": int(last_at),
+                "heartbeats": int(count),
+                "uptime_seconds": int(uptime),
+                "cpu_percent": cpu,
+                "memory_percent": memory,
+                "disk_percent": disk,
+            }
+        )
     body = {
         "edge_id": edge_id,
         "last_seen": int(last_seen) if int(batches) else None,

@@ -578,35 +578,42 @@ FROM (
 GROUP BY k, dh, d, s ORDER BY k, dh, d, s"""
 
 
-HEARTBEAT_COLUMNS: tuple[str, ...] = (
-    "source_id",
-    "source_type",
-    "last_heartbeat_at",
-    "heartbeats",
-    "uptime_seconds",
-    "cpu_percent",
-    "memory_percent",
-    "disk_percent",
-)
-
-
 def edge_heartbeats_sql(db: str) -> str:
-    """The ``fleet_heartbeats`` view's columns for one edge's sources, heartbeats observed in the period.
+    """``(source_id, source_type, last_heartbeat_ms, heartbeats)`` of one edge's sources,
+    heartbeats observed in the period (the ``fleet_heartbeats`` view's first columns).
 
-    Duplicates are harmless to ``max``/``argMax``/``any`` (the copies of an event are the same
-    heartbeat), so only the count deduplicates: distinct ``event_id`` per source. The vitals are
-    parsed from the newest heartbeat's ``data`` only, not from every row's."""
-    last = "argMax(data, observed_at)"
+    Duplicates are harmless to ``max``/``any`` (the copies of an event are the same heartbeat),
+    so only the count deduplicates: distinct ``event_id`` per source. The vitals come from
+    ``edge_heartbeat_vitals_sql``: reading ``data`` for the newest row only, by its key, instead
+    of ``argMax(data, …)`` over every heartbeat (30 days of one edge: 105 → 47 + 22 ms)."""
     return f"""SELECT source_id, any(source_type), toUnixTimestamp64Milli(max(observed_at)),
-    uniqExact(event_id),
-    JSONExtractUInt({last}, 'uptime_seconds'),
-    JSONExtractFloat({last}, 'cpu_percent'),
-    JSONExtractFloat({last}, 'memory_percent'),
-    JSONExtractFloat({last}, 'disk_percent')
+    uniqExact(event_id)
 FROM {db}.events
 WHERE type = 'heartbeat' AND edge_id = {{edge_id:String}}
     AND observed_at >= {_ts("from")} AND observed_at < {_ts("to")}
 GROUP BY source_id ORDER BY source_id LIMIT 1000"""
+
+
+HEARTBEAT_VITALS: tuple[str, ...] = ("uptime_seconds", "cpu_percent", "memory_percent", "disk_percent")
+
+
+def edge_heartbeat_vitals_sql(db: str, sources: int) -> str:
+    """``(source_id, uptime_seconds, cpu_percent, memory_percent, disk_percent)`` parsed from the
+    heartbeat of each source ``s<i>`` observed at ``t<i>`` (ms), ``i < sources``: its newest.
+    Missing fields read as 0, as ``JSONExtract*`` has it."""
+    if sources < 1:
+        raise ValueError("sources: at least 1")
+    rows = " OR ".join(
+        f"(source_id = {{s{i}:String}} AND observed_at = {_ts(f't{i}')})" for i in range(sources)
+    )
+    vitals = ", ".join(
+        f"JSONExtract{'UInt' if name == 'uptime_seconds' else 'Float'}(data, '{name}')"
+        for name in HEARTBEAT_VITALS
+    )
+    return f"""SELECT source_id, {vitals}
+FROM {db}.events
+WHERE type = 'heartbeat' AND edge_id = {{edge_id:String}} AND ({rows})
+LIMIT 1 BY source_id"""
 
 
 def edge_known_sql(db: str) -> str:

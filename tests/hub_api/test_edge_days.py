@@ -138,3 +138,13 @@ def test_a_late_copy_of_an_event_does_not_count_in_the_live_day(store: HubStore)
     got = _figures(store, EdgeDaysCache(), plan)
     assert got["hub_days"][today][0] == 1
     assert got["sources"] == {"sensor-1": 3}
+
+
+def test_the_vitals_of_a_thousand_sources_fit_in_one_query(store: HubStore) -> None:
+    """The route asks for the newest heartbeat of each source it lists (at most 1,000)."""
+    from hub_api.analytics_queries import edge_heartbeat_vitals_sql
+
+    params: dict[str, Any] = {"edge_id": "edge-a"}
+    for i in range(1000):
+        params[f"s{i}"], params[f"t{i}"] = f"source-{i}", D0 + i
+    assert store.query_rows(edge_heartbeat_vitals_sql(store.database, 1000), params) == []
