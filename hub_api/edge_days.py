@@ -49,40 +49,52 @@ def plan_days(from_ms: int, to_ms: int, now_ms: int, close_after_ms: int = CLOSE
 
 
 class EdgeDaysCache:
-    """Rows of closed hub days per (database, edge), least recently used dropped beyond a bound.
+    """Rows of closed hub days per (database, edge, day), least recently used dropped beyond a
+    bound on the rows held.
 
-    One entry is one edge's day: a few dozen rows (days of the edge's clock × sources, plus the
-    lag row), so the default bound (20,000 edge-days, e.g. 100 edges × 200 days) is a few MB.
-    Nothing evicts on data changes because closed days do not change; a hub whose tables were
-    dropped or restored must be restarted (the cache lives in the process only).
+    A day holds one row per (day of the edge's clock, source) plus the lag row: ~21 rows for an
+    edge with 18 sources, ~430 bytes each as Python tuples. The default bound, 100,000 rows, is
+    therefore ~40 MB at most: 30 days of ~150 such edges. Nothing evicts on data changes because
+    closed days do not change; a hub whose tables were dropped or restored must be restarted (the
+    cache lives in the process only).
     """
 
-    def __init__(self, max_entries: int = 20_000) -> None:
-        self.max_entries = max_entries
-        self._rows: OrderedDict[tuple[str, str, int], tuple[Row, ...]] = OrderedDict()
+    def __init__(self, max_rows: int = 100_000) -> None:
+        self.max_rows = max_rows
+        self._days: OrderedDict[tuple[str, str, int], tuple[Row, ...]] = OrderedDict()
+        self._rows = 0
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return len(self._days)
+
+    @property
+    def rows(self) -> int:
+        return self._rows
 
     def get(self, db: str, edge_id: str, day: int) -> tuple[Row, ...] | None:
         with self._lock:
-            rows = self._rows.get((db, edge_id, day))
+            rows = self._days.get((db, edge_id, day))
             if rows is None:
                 self.misses += 1
                 return None
-            self._rows.move_to_end((db, edge_id, day))
+            self._days.move_to_end((db, edge_id, day))
             self.hits += 1
             return rows
 
     def put(self, db: str, edge_id: str, day: int, rows: Sequence[Row]) -> None:
+        key = (db, edge_id, day)
         with self._lock:
-            self._rows[(db, edge_id, day)] = tuple(rows)
-            self._rows.move_to_end((db, edge_id, day))
-            while len(self._rows) > self.max_entries:
-                self._rows.popitem(last=False)
+            old = self._days.pop(key, None)
+            if old is not None:
+                self._rows -= len(old)
+            self._days[key] = tuple(rows)
+            self._rows += len(rows)
+            while self._rows > self.max_rows and len(self._days) > 1:
+                _, dropped = self._days.popitem(last=False)
+                self._rows -= len(dropped)
 
 
 def edge_day_rows(

@@ -148,3 +148,18 @@ def test_the_vitals_of_a_thousand_sources_fit_in_one_query(store: HubStore) -> N
     for i in range(1000):
         params[f"s{i}"], params[f"t{i}"] = f"source-{i}", D0 + i
     assert store.query_rows(edge_heartbeat_vitals_sql(store.database, 1000), params) == []
+
+
+def test_the_cache_drops_the_least_recently_used_days_beyond_its_row_bound() -> None:
+    cache = EdgeDaysCache(max_rows=10)
+    row = (0, D0, D0, "s", 1, [0, 0, 0], D0)
+    for day in range(4):
+        cache.put("db", "edge-a", D0 + day * DAY_MS, [row] * 3)
+    assert (len(cache), cache.rows) == (3, 9)  # day 0 went first
+    assert cache.get("db", "edge-a", D0) is None
+    assert cache.get("db", "edge-a", D0 + DAY_MS) is not None  # now the most recently used
+    cache.put("db", "edge-a", D0 + 9 * DAY_MS, [row] * 3)
+    assert cache.get("db", "edge-a", D0 + 2 * DAY_MS) is None
+    assert cache.get("db", "edge-a", D0 + DAY_MS) is not None
+    cache.put("db", "edge-a", D0 + DAY_MS, [row])  # replacing a day re-counts its rows
+    assert cache.rows == 7
