@@ -26,11 +26,12 @@ from edgekite.envelope import EDGE_ID_PATTERN, parse_timestamp
 from edgekite.hubstore import HubStore
 from hub_api import analytics_queries as aq
 from hub_api.app import CTX, ApiError
-from hub_api.edge_days import EdgeDaysCache, edge_day_rows, plan_days
+from hub_api.edge_days import EdgeDaysCache, FleetDaysTable, edge_day_rows, plan_days
 
 DEFAULT_DAYS = 7
 # Closed hub days of each edge's drill-down, computed once (hub_api/edge_days.py).
 EDGE_DAYS = web.AppKey("hub_api_edge_days", EdgeDaysCache)
+EDGE_DAYS_TABLE = web.AppKey("hub_api_edge_days_table", FleetDaysTable)
 MAX_RANGE_DAYS = 400
 MAX_TEXT = 256
 TOP_DEFAULT, TOP_MAX = 10, 100
@@ -460,7 +461,9 @@ async def get_edge(request: web.Request) -> web.Response:
     def first_arrivals(a: int, b: int) -> list[tuple[Any, ...]]:
         return ctx.store.query_rows(days_sql, {"edge_id": edge_id, "a": a, "b": b})
 
-    days = await ctx.store.run(edge_day_rows, request.app[EDGE_DAYS], first_arrivals, db, edge_id, plan)
+    days = await ctx.store.run(
+        edge_day_rows, request.app[EDGE_DAYS], first_arrivals, db, edge_id, plan, request.app[EDGE_DAYS_TABLE]
+    )
     events_per_day: dict[int, int] = {}
     per_source: dict[str, list[int]] = {}
     lag = []
@@ -533,5 +536,6 @@ ROUTES: tuple[tuple[str, Callable[[web.Request], Any]], ...] = (
 def add_analytics_routes(app: web.Application) -> None:
     """Mount the analytics routes on the hub's app (after ``create_app`` set ``app[CTX]``)."""
     app[EDGE_DAYS] = EdgeDaysCache()
+    app[EDGE_DAYS_TABLE] = FleetDaysTable(app[CTX].store)
     for path, handler in ROUTES:
         app.router.add_get(path, handler)

@@ -4,18 +4,29 @@ An event counts on the hub day of its first arrival (``edge_first_arrivals_sql``
 day is over, and every insert stamped with it has landed, its rows cannot change: later copies
 are later, and the table's merges keep the first copy. So ``/api/fleet/{edge_id}`` over 30 days
 asks ClickHouse only for the two partial days at the ends of the period; the whole days between
-come from this cache, filled by one query the first time they are asked for. That is what keeps
-the drill-down under 500 ms on an edge with 4.4M events in 30 days (the exact deduplication of
-every one of them costs more than that on two cores).
+come from this cache (and, across restarts, from the ``fleet_days`` table), computed by one
+query the first time they are asked for. That is what keeps the drill-down under 500 ms on an
+edge with 4.4M events in 30 days (the exact deduplication of every one of them costs more than
+that on two cores).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
+
+import orjson
+import pyarrow as pa
+
+from edgekite.hubstore import HubStore
+from edgekite.hubstore.backend import StorageError
+
+log = logging.getLogger(__name__)
 
 DAY_MS = 86_400_000
 
@@ -24,6 +35,10 @@ DAY_MS = 86_400_000
 CLOSE_AFTER_MS = 15 * 60_000
 
 Row = tuple[Any, ...]
+
+# What the cached rows mean: change it whenever ``edge_first_arrivals_sql`` counts differently,
+# so rows stored by an older release are not served as today's figures.
+DEFINITION = "first-arrival-1"
 
 
 @dataclass(frozen=True)
@@ -55,8 +70,7 @@ class EdgeDaysCache:
     A day holds one row per (day of the edge's clock, source) plus the lag row: ~21 rows for an
     edge with 18 sources, ~430 bytes each as Python tuples. The default bound, 100,000 rows, is
     therefore ~40 MB at most: 30 days of ~150 such edges. Nothing evicts on data changes because
-    closed days do not change; a hub whose tables were dropped or restored must be restarted (the
-    cache lives in the process only).
+    closed days do not change. Behind it, :class:`FleetDaysTable` keeps them across restarts.
     """
 
     def __init__(self, max_rows: int = 100_000) -> None:
@@ -97,20 +111,103 @@ class EdgeDaysCache:
                 self._rows -= len(dropped)
 
 
+class DaysBacking(Protocol):
+    """Where closed days outlive the process (:class:`FleetDaysTable`)."""
+
+    def load(self, edge_id: str, days: Sequence[int]) -> dict[int, list[Row]]: ...
+
+    def save(self, edge_id: str, days: dict[int, list[Row]]) -> None: ...
+
+
+FLEET_DAYS_SCHEMA = pa.schema(
+    [
+        ("definition", pa.string()),
+        ("events_table", pa.string()),
+        ("edge_id", pa.string()),
+        ("hub_day", pa.int64()),
+        ("rows", pa.string()),
+        ("computed_ms", pa.int64()),
+    ]
+)
+
+
+class FleetDaysTable:
+    """The closed days in the hub's ``fleet_days`` table, as JSON rows per (edge, day).
+
+    Rows are keyed by :data:`DEFINITION` and by the UUID of the ``events`` table they were
+    computed from: a recreated or migrated ``events`` table (a restore, the first-arrival
+    migration) has a new UUID, so nothing computed from the old one is served. Storage errors
+    are logged and the figures computed live: the table only saves work.
+    """
+
+    def __init__(self, store: HubStore) -> None:
+        self.store = store
+
+    def _events_table(self) -> str:
+        rows = self.store.query_rows(
+            "SELECT toString(uuid) FROM system.tables WHERE database = {db:String} AND name = 'events'",
+            {"db": self.store.database},
+        )
+        return str(rows[0][0]) if rows else ""
+
+    def load(self, edge_id: str, days: Sequence[int]) -> dict[int, list[Row]]:
+        try:
+            stored = self.store.query_rows(
+                f"SELECT hub_day, rows FROM {self.store.table('fleet_days')} FINAL"
+                " WHERE definition = {definition:String} AND events_table = {events:String}"
+                " AND edge_id = {edge_id:String} AND hub_day IN {days:Array(Int64)}",
+                {
+                    "definition": DEFINITION,
+                    "events": self._events_table(),
+                    "edge_id": edge_id,
+                    "days": list(days),
+                },
+            )
+        except StorageError as exc:
+            log.warning("fleet_days: cannot read the stored days of %s: %s", edge_id, exc)
+            return {}
+        return {int(day): [tuple(r) for r in orjson.loads(rows)] for day, rows in stored}
+
+    def save(self, edge_id: str, days: dict[int, list[Row]]) -> None:
+        if not days:
+            return
+        now = time.time_ns() // 1_000_000
+        try:
+            events = self._events_table()
+            table = pa.Table.from_pylist(
+                [
+                    {
+                        "definition": DEFINITION,
+                        "events_table": events,
+                        "edge_id": edge_id,
+                        "hub_day": day,
+                        "rows": orjson.dumps(rows).decode(),
+                        "computed_ms": now,
+                    }
+                    for day, rows in days.items()
+                ],
+                schema=FLEET_DAYS_SCHEMA,
+            )
+            self.store.insert_arrow("fleet_days", table)
+        except StorageError as exc:
+            log.warning("fleet_days: cannot store the days of %s: %s", edge_id, exc)
+
+
 def edge_day_rows(
     cache: EdgeDaysCache,
     query: Callable[[int, int], list[Row]],
     db: str,
     edge_id: str,
     plan: DaysPlan,
+    backing: DaysBacking | None = None,
 ) -> list[Row]:
     """Rows ``(kind, hub_day, day, source, events, quantiles, last_seen)`` for the whole plan.
 
-    ``query(a, b)`` runs ``edge_first_arrivals_sql`` over ``[a, b)``. The closed days missing from
-    the cache are computed in one query over their span and stored, empty days included (an
-    edge that sent nothing that day is an answer too); the live ranges are queried each time.
+    ``query(a, b)`` runs ``edge_first_arrivals_sql`` over ``[a, b)``. Closed days come from the
+    cache, else from ``backing``, else are computed in one query over the span of the missing
+    ones and stored in both, empty days included (an edge that sent nothing that day is an
+    answer too). The live ranges are queried each time.
     """
-    out: list[Row] = []
     have: dict[int, tuple[Row, ...]] = {}
     missing = []
     for day in plan.closed_days:
@@ -119,6 +216,11 @@ def edge_day_rows(
             missing.append(day)
         else:
             have[day] = rows
+    if missing and backing is not None:
+        for day, day_rows in backing.load(edge_id, missing).items():
+            cache.put(db, edge_id, day, day_rows)
+            have[day] = tuple(day_rows)
+        missing = [day for day in missing if day not in have]
     if missing:
         span_from, span_to = missing[0], missing[-1] + DAY_MS
         fresh: dict[int, list[Row]] = {day: [] for day in range(span_from, span_to, DAY_MS)}
@@ -126,8 +228,10 @@ def edge_day_rows(
             fresh.setdefault(int(row[1]), []).append(row)
         for day, day_rows in fresh.items():
             cache.put(db, edge_id, day, day_rows)
-            if day in plan.closed_days:
-                have[day] = tuple(day_rows)
+            have[day] = tuple(day_rows)
+        if backing is not None:
+            backing.save(edge_id, {day: fresh[day] for day in missing})
+    out: list[Row] = []
     for day in plan.closed_days:
         out.extend(have[day])
     for a, b in plan.live:

@@ -24,6 +24,8 @@ Why these shapes:
   the ledger, the next start finds the group's batches there, checks whether their events
   landed and writes their ledger rows (``BatchProcessor.recover``). Kept 2 days.
 - ``dead_letter`` keeps refused events with the reason, for 30 days.
+- ``fleet_days`` keeps the fleet drill-down's closed days (a few dozen rows of figures per edge
+  and day), so a restarted hub does not compute them again.
 """
 
 from __future__ import annotations
@@ -122,6 +124,18 @@ ENGINE = MergeTree
 ORDER BY (hub_received_at, edge_id, batch_id)
 TTL toDateTime(hub_received_at) + INTERVAL {PENDING_TTL_DAYS} DAY
 SETTINGS non_replicated_deduplication_window = {window}""",
+        # Closed hub days of the fleet drill-down, computed once (hub_api/edge_days.py): keyed by
+        # the definition of the figures and the events table they were computed from (its UUID).
+        f"""CREATE TABLE IF NOT EXISTS {db}.fleet_days (
+    definition LowCardinality(String),
+    events_table String,
+    edge_id LowCardinality(String),
+    hub_day Int64,
+    rows String CODEC(ZSTD(3)),
+    computed_ms Int64
+)
+ENGINE = ReplacingMergeTree(computed_ms)
+ORDER BY (definition, events_table, edge_id, hub_day)""",
         f"""CREATE TABLE IF NOT EXISTS {db}.dead_letter (
     hub_received_at DateTime64(3, 'UTC'),
     edge_id LowCardinality(String),

@@ -163,3 +163,55 @@ def test_the_cache_drops_the_least_recently_used_days_beyond_its_row_bound() -> 
     assert cache.get("db", "edge-a", D0 + DAY_MS) is not None
     cache.put("db", "edge-a", D0 + DAY_MS, [row])  # replacing a day re-counts its rows
     assert cache.rows == 7
+
+
+def _counting(store: HubStore, edge: str = "edge-a") -> tuple[list[tuple[int, int]], Any]:
+    sql = edge_first_arrivals_sql(store.database)
+    calls: list[tuple[int, int]] = []
+
+    def query(a: int, b: int) -> list[Any]:
+        calls.append((a, b))
+        return store.query_rows(sql, {"edge_id": edge, "a": a, "b": b})
+
+    return calls, query
+
+
+def test_closed_days_outlive_the_process_in_the_fleet_days_table(store: HubStore) -> None:
+    from hub_api.edge_days import FleetDaysTable
+
+    _batch(store, "edge-a", D0 + DAY_MS + H, [1, 2, 3])
+    _batch(store, "edge-a", D0 + 2 * DAY_MS + H, [4, 1])
+    plan = plan_days(D0, D0 + 4 * DAY_MS, LATER)
+    table = FleetDaysTable(store)
+    calls, query = _counting(store)
+    first = edge_day_rows(EdgeDaysCache(), query, store.database, "edge-a", plan, table)
+    assert calls == [(D0, D0 + 4 * DAY_MS)]
+
+    # A restarted hub: an empty cache, the same table. Nothing is computed again.
+    calls.clear()
+    cache = EdgeDaysCache()
+    again = edge_day_rows(cache, query, store.database, "edge-a", plan, FleetDaysTable(store))
+    assert calls == []
+    assert again == first
+    assert len(cache) == 4  # loaded into the process's cache, empty days included
+    assert sum(int(r[4]) for r in again if int(r[0]) == 0) == 4
+
+
+def test_stored_days_of_a_replaced_events_table_are_not_served(store: HubStore) -> None:
+    from edgekite.hubstore.schema import ddl
+    from hub_api.edge_days import FleetDaysTable
+
+    _batch(store, "edge-a", D0 + DAY_MS + H, [1, 2, 3])
+    plan = plan_days(D0, D0 + 3 * DAY_MS, LATER)
+    table = FleetDaysTable(store)
+    calls, query = _counting(store)
+    edge_day_rows(EdgeDaysCache(), query, store.database, "edge-a", plan, table)
+    # The events table is replaced (a restore from a backup, say) by one holding other events.
+    store.command("RENAME TABLE edgekite.events TO edgekite.events_old")
+    for statement in ddl(store.config):
+        store.command(statement)
+    _batch(store, "edge-a", D0 + DAY_MS + H, [5])
+    calls.clear()
+    rows = edge_day_rows(EdgeDaysCache(), query, store.database, "edge-a", plan, table)
+    assert calls == [(D0, D0 + 3 * DAY_MS)]
+    assert sum(int(r[4]) for r in rows if int(r[0]) == 0) == 1
