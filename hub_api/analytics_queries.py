@@ -421,12 +421,40 @@ GROUP BY t, camera_id, label ORDER BY t, camera_id, label LIMIT {{limit:UInt32}}
     return sql, params
 
 
+def _verbatim(value: str) -> bool:
+    """Whether ``value`` appears as it is in any JSON text holding it as a string: printable ASCII
+    without ``"``, ``\\`` or ``/`` (JSON escapes the first two, some writers the slash, and
+    ``json.dumps`` non-ASCII; the hub writes ``data`` with orjson, which escapes only those two)."""
+    return all(" " <= c <= "~" and c not in '"\\/' for c in value)
+
+
+def _camera_is(param: str, value: str) -> str:
+    """``camera_id = {param}``, with a cheap substring test first when it is exact: a row whose
+    camera is ``value`` has it as its ``source_id`` or inside ``data``, so the JSON is parsed only
+    for rows that pass (30 days of detections, one camera: ~18x fewer parses)."""
+    exact = f"{_CAMERA_EXPR} = {{{param}:String}}"
+    if not _verbatim(value):
+        return exact
+    return f"(source_id = {{{param}:String}} OR position(data, {{{param}:String}}) > 0) AND {exact}"
+
+
+def _site_is(value: str) -> str:
+    """``site = {site}`` (the site in ``data``, else in the metadata, else the source), likewise."""
+    exact = f"{_SITE_EXPR} = {{site:String}}"
+    if not _verbatim(value):
+        return exact
+    return (
+        "(source_id = {site:String} OR position(data, {site:String}) > 0"
+        f" OR position(source_metadata, {{site:String}}) > 0) AND {exact}"
+    )
+
+
 def _detection_filters(q: IotQuery, label: str | None, params: dict[str, Any]) -> list[str]:
     conds = []
     if q.site is not None:
-        conds.append(f"{_SITE_EXPR} = {{site:String}}")
+        conds.append(_site_is(q.site))
     if q.source is not None:
-        conds.append(f"{_CAMERA_EXPR} = {{source:String}}")
+        conds.append(_camera_is("source", q.source))
     if label is not None:
         conds.append(f"{_LABEL_EXPR} = {{label:String}}")
         params["label"] = label
@@ -462,13 +490,13 @@ def incidents_sql(q: IotQuery, label: str | None, limit: int) -> tuple[str, dict
         having.append("has(labels, {label:String})")
         params["label"] = label
     base = q.where("endsWith(type, '_detected')")
-    where = base
+    only = {False: "", True: ""}  # per branch: uncorrelated, correlated
     if q.source is not None:
         # Only the incidents the camera is part of: its own runs of uncorrelated detections (runs
         # are per camera) and every detection of a correlated incident it has a detection in.
-        where += f""" AND if(ifNull(incident_id, '') = '', {_CAMERA_EXPR} = {{source:String}},
-            incident_id IN (SELECT incident_id FROM {q.db}.events WHERE {base}
-                AND ifNull(incident_id, '') != '' AND {_CAMERA_EXPR} = {{source:String}}))"""
+        only[False] = f" AND {_camera_is('source', q.source)}"
+        only[True] = f""" AND incident_id IN (SELECT incident_id FROM {q.db}.events WHERE {base}
+                AND ifNull(incident_id, '') != '' AND {_camera_is("source", q.source)})"""
     cols = f"""event_id, toUnixTimestamp64Milli(observed_at) AS t_ms, edge_id,
         (data, source_metadata, source_id) AS sd, {_CAMERA_EXPR} AS camera_id, {_LABEL_EXPR} AS label,
         JSONExtractFloat(data, 'confidence') AS confidence, ifNull(incident_id, '') AS incident_id"""
@@ -477,8 +505,8 @@ def incidents_sql(q: IotQuery, label: str | None, limit: int) -> tuple[str, dict
     def rows(correlated: bool) -> str:
         # the copies of an event share incident_id: each is in one branch only
         kind = "!=" if correlated else "="
-        return f"""SELECT {cols} FROM {q.db}.events WHERE {where} AND ifNull(incident_id, '') {kind} ''
-        LIMIT 1 BY event_id"""
+        return f"""SELECT {cols} FROM {q.db}.events WHERE {base} AND ifNull(incident_id, '') {kind} ''
+        {only[correlated]} LIMIT 1 BY event_id"""
 
     # Window functions only over the uncorrelated detections (runs per camera); a correlated
     # detection's incident is its incident_id.

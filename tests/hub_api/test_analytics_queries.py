@@ -1,0 +1,35 @@
+"""Pure checks of the analytics SQL builders (the numbers themselves: test_analytics_api.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from hub_api import analytics_queries as aq
+
+
+@pytest.mark.parametrize(
+    ("value", "prefiltered"),
+    [
+        ("cam-barn-01", True),
+        ("site one.2_x", True),
+        ("kamera-ü", False),  # json.dumps writes \\u00fc: a substring test could miss the row
+        ('cam"1', False),
+        ("cam\\1", False),
+        ("cam/1", False),
+        ("cam\t1", False),
+    ],
+)
+def test_a_substring_prefilter_only_where_it_cannot_drop_a_row(value: str, prefiltered: bool) -> None:
+    camera = aq._camera_is("source", value)
+    site = aq._site_is(value)
+    assert camera.endswith(f"{aq._CAMERA_EXPR} = {{source:String}}")
+    assert site.endswith(f"{aq._SITE_EXPR} = {{site:String}}")
+    assert ("position(data" in camera) is prefiltered
+    assert ("position(data" in site) is prefiltered
+
+
+def test_a_camera_filter_reads_the_incident_ids_only_for_correlated_detections() -> None:
+    q = aq.IotQuery("edgekite", 0, 1, source="cam-1")
+    sql, params = aq.incidents_sql(q, None, 50)
+    assert params["source"] == "cam-1"
+    assert sql.count("incident_id IN (SELECT incident_id") == 1
