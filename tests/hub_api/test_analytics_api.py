@@ -120,6 +120,12 @@ def iot_rows() -> list[dict[str, Any]]:
         det("cam-2", "person", T0 + 2 * MIN, 0.8, "i1"),
         det("cam-1", "vehicle", T0 + 70 * MIN, 0.6, None),
         det("cam-1", "vehicle", T0 + 70 * MIN + 30_000, 0.6, None),
+        # Day 3, for the newest-first limit: i2 (@10), a cam-3 run (@30), i3 (@60, cam-3 and cam-4).
+        det("cam-3", "person", T0 + 2 * DAY + 10 * MIN, 0.5, "i2"),
+        det("cam-3", "person", T0 + 2 * DAY + 12 * MIN, 0.5, "i2"),
+        det("cam-3", "animal", T0 + 2 * DAY + 30 * MIN, 0.5, None),
+        det("cam-3", "person", T0 + 2 * DAY + 60 * MIN, 0.5, "i3"),
+        det("cam-4", "person", T0 + 2 * DAY + 61 * MIN, 0.5, "i3"),
         reading(20.0, T0 + 5 * MIN),
         reading(22.0, T0 + 10 * MIN, dup_id),
         reading(27.0, T0 + 15 * MIN),
@@ -372,6 +378,15 @@ def test_iot_detections_and_sensors(api: str) -> None:
     assert [r["camera_id"] for r in cam2["rows"]] == ["cam-2"] and [
         i["incident_key"] for i in cam2["incidents"]
     ] == ["i1"]
+    # Newest first, correlated incidents and runs of one camera competing for the limit.
+    day3 = f"from={T0 + 2 * DAY}&to={T0 + 3 * DAY}"
+    for limit, keys in ((1, ["i3"]), (2, ["i3", "cam-3#1"]), (3, ["i3", "cam-3#1", "i2"])):
+        got = ok(api, f"/api/iot/detections?{day3}&limit={limit}")["incidents"]
+        assert [i["incident_key"] for i in got] == keys
+    cam4 = ok(api, f"/api/iot/detections?{day3}&limit=1&source=cam-4")["incidents"]
+    assert [i["incident_key"] for i in cam4] == ["i3"]
+    cam3 = ok(api, f"/api/iot/detections?{day3}&limit=2&source=cam-3")["incidents"]
+    assert [(i["incident_key"], i["detections"]) for i in cam3] == [("i3", 2), ("cam-3#1", 1)]
     vehicles = ok(api, f"/api/iot/detections?{DAY1}&label=vehicle&interval=day")["rows"]
     assert [(r["t"], r["detections"]) for r in vehicles] == [(T0, 2)]
 
