@@ -497,6 +497,16 @@ def incidents_sql(q: IotQuery, label: str | None, limit: int) -> tuple[str, dict
         only[False] = f" AND {_camera_is('source', q.source)}"
         only[True] = f""" AND incident_id IN (SELECT incident_id FROM {q.db}.events WHERE {base}
                 AND ifNull(incident_id, '') != '' AND {_camera_is("source", q.source)})"""
+    if q.site is not None:
+        # Only incidents with a detection at the site (whole, all their detections), and only
+        # cameras with an uncorrelated detection there (all of their runs): the incident's site
+        # is one of its detections', so the rest cannot pass ``site = …`` below; 30 days, one of
+        # six sites: parsing and grouping a sixth of the detections.
+        at_site = f"{base} AND {_site_is(q.site)}"
+        only[True] += f""" AND incident_id IN (SELECT incident_id FROM {q.db}.events WHERE {at_site}
+                AND ifNull(incident_id, '') != '')"""
+        only[False] += f""" AND {_CAMERA_EXPR} IN (SELECT {_CAMERA_EXPR} FROM {q.db}.events WHERE {at_site}
+                AND ifNull(incident_id, '') = '')"""
     if q.site is None and label is None:
         # Without a site or label filter (decided per incident, after the grouping), only the
         # newest ``limit`` correlated incidents can be in the answer: find them from two plain

@@ -383,6 +383,10 @@ def test_iot_detections_and_sensors(api: str) -> None:
     for limit, keys in ((1, ["i3"]), (2, ["i3", "cam-3#1"]), (3, ["i3", "cam-3#1", "i2"])):
         got = ok(api, f"/api/iot/detections?{day3}&limit={limit}")["incidents"]
         assert [i["incident_key"] for i in got] == keys
+    everything = ok(api, f"/api/iot/detections?{day3}")["incidents"]
+    assert ok(api, f"/api/iot/detections?{day3}&site=farm")["incidents"] == everything
+    assert ok(api, f"/api/iot/detections?{day3}&site=farm&limit=2")["incidents"] == everything[:2]
+    assert ok(api, f"/api/iot/detections?{day3}&site=elsewhere")["incidents"] == []
     cam4 = ok(api, f"/api/iot/detections?{day3}&limit=1&source=cam-4")["incidents"]
     assert [i["incident_key"] for i in cam4] == ["i3"]
     cam3 = ok(api, f"/api/iot/detections?{day3}&limit=2&source=cam-3")["incidents"]
