@@ -104,6 +104,7 @@ def queries(end_ms: int) -> list[tuple[str, str]]:
         ("cohorts 5 weeks site", f"/api/web/cohorts?{s}&weeks=5&to={end_ms}"),
         ("iot detections 7d", f"/api/iot/detections?{d7}"),
         ("iot detections 30d camera", f"/api/iot/detections?{d30}&source=cam-barn-01"),
+        ("iot detections 30d site", f"/api/iot/detections?{d30}&{s}"),
         ("iot sensors 7d", f"/api/iot/sensors?{d7}"),
         ("iot sensors 30d source", f"/api/iot/sensors?{d30}&source=sensor-greenhouse-temp"),
         ("fleet edge-1 30d", f"/api/fleet/edge-1?{d30}"),
