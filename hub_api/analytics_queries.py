@@ -176,8 +176,15 @@ def _visits(
     exprs = {"t": "toUnixTimestamp64Milli(observed_at) AS t", "is_pv": "type = 'page_view' AS is_pv"}
     base = _events_from(q, ["site", "visitor_id", "is_bot", *[exprs.get(c, c) for c in cols]], lookback=True)
     sort_key = "(x.1, x.3)" if ordered else "x.1"
+    # Two plain columns gather faster as two arrays zipped afterwards (both see the group's rows in
+    # the same order) than as one array of tuples: 7 days of all sites, 460 -> 330 ms. With the
+    # wider rows of the ordered case (ids, strings), one array of tuples stays the faster.
+    if ordered or len(cols) > 2:
+        collect = f"groupArray(({', '.join(cols)}))"
+    else:
+        collect = f"arrayZip({', '.join(f'groupArray({c})' for c in cols)})"
     per_visitor = f"""SELECT site, visitor_id, is_bot,
-        arraySort(x -> {sort_key}, groupArray(({", ".join(cols)}))) AS ev,
+        arraySort(x -> {sort_key}, {collect}) AS ev,
         arraySplit((x, gap) -> visitor_id = 0 OR gap > {VISIT_GAP_MS}, ev,
             arrayDifference(arrayMap(x -> x.1, ev))) AS vs
     FROM ({base}) GROUP BY site, visitor_id, is_bot HAVING max(t) >= {{from:Int64}}"""
