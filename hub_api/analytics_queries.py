@@ -366,12 +366,16 @@ GROUP BY cohort, n ORDER BY cohort, n"""
 # -- IoT -------------------------------------------------------------------------------------------
 
 
+def _json_string(doc: str, key: str) -> str:
+    """``JSONExtractString(doc, key)``, parsing ``doc`` only when ``"key"`` occurs in it: the hub
+    writes JSON with orjson, which never escapes a letter, so without that text the key is
+    absent and the answer is '' (most payloads have no ``site``: a parse saved per row)."""
+    return f"if(position({doc}, '\"{key}\"') > 0, JSONExtractString({doc}, '{key}'), '')"
+
+
 def _site_expr(data: str, metadata: str, source_id: str) -> str:
-    return (
-        f"multiIf(JSONExtractString({data}, 'site') != '', JSONExtractString({data}, 'site'), "
-        f"JSONExtractString({metadata}, 'site_id') != '', JSONExtractString({metadata}, 'site_id'), "
-        f"{source_id})"
-    )
+    in_data, in_metadata = _json_string(data, "site"), _json_string(metadata, "site_id")
+    return f"multiIf({in_data} != '', {in_data}, {in_metadata} != '', {in_metadata}, {source_id})"
 
 
 _SITE_EXPR = _site_expr("data", "source_metadata", "source_id")
@@ -561,15 +565,16 @@ def sensors_sql(q: IotQuery, metric: str | None, step_ms: int, limit: int) -> tu
     """Rows ``(t, source_id, metric, min, avg, max, samples)`` of sensor readings with a value."""
     params = {**q.params(), "limit": limit}
     outer = []
-    if q.site is not None:
-        outer.append("site = {site:String}")
     if metric is not None:
         outer.append("metric = {metric:String}")
         params["metric"] = metric
     types = "type = 'sensor_reading'" + (" AND source_id = {source:String}" if q.source is not None else "")
-    inner = f"""SELECT toUnixTimestamp64Milli(observed_at) AS t_ms, source_id, {_SITE_EXPR} AS site,
+    # The site test in the innermost WHERE, behind its substring prefilter (30 days, one of six
+    # sites: ~0.9 s when every reading's site was parsed and filtered afterwards).
+    at_site = f" AND {_site_is(q.site)}" if q.site is not None else ""
+    inner = f"""SELECT toUnixTimestamp64Milli(observed_at) AS t_ms, source_id,
         JSONExtractString(data, 'metric') AS metric, JSONExtractFloat(data, 'value') AS value
-    FROM {q.db}.events WHERE {q.where(types)} AND JSONHas(data, 'value')
+    FROM {q.db}.events WHERE {q.where(types)}{at_site} AND JSONHas(data, 'value')
     LIMIT 1 BY event_id"""
     sql = f"""SELECT intDiv(t_ms, {step_ms}) * {step_ms} AS t, source_id, metric, min(value) AS min,
     avg(value) AS avg, max(value) AS max, count() AS samples
