@@ -7,13 +7,8 @@ Days: D0 = 2024-06-01 00:00 UTC; "now" is far later, so every whole day is close
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
-
-from edgekite.config import load_hub_config
 from edgekite.hubstore import HubStore
 from hub_api.analytics_queries import edge_first_arrivals_sql
 from hub_api.edge_days import CLOSE_AFTER_MS, DAY_MS, DaysPlan, EdgeDaysCache, edge_day_rows, plan_days
@@ -39,14 +34,6 @@ def test_a_period_splits_into_closed_whole_days_and_live_ends() -> None:
 
 def _uuid(i: int) -> str:
     return f"00000000-0000-7000-8000-{i:012d}"
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[HubStore]:
-    s = HubStore(load_hub_config(environ={}, overrides={"hub": {"data_dir": str(tmp_path / "hub")}}))
-    s.open()
-    yield s
-    s.close()
 
 
 def _batch(store: HubStore, edge: str, hub_ms: int, events: list[int], source: str = "sensor-1") -> None:
