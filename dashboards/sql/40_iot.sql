@@ -40,11 +40,12 @@ GROUP BY hour, site, edge_id, camera_id, label;
 
 -- Incidents across cameras and edges: detections sharing correlation.incident_id are one
 -- incident wherever they were seen; detections without one are grouped per camera into runs of
--- consecutive detections at most 60 s apart (incident_key 'camera_id#n').
+-- consecutive detections at most 60 s apart (incident_key 'camera_id#n'). Its site is its first
+-- detection's (by observed_at, then event_id).
 CREATE OR REPLACE VIEW {db}.iot_incidents AS
 SELECT
     incident_key,
-    any(site) AS site,
+    argMin(site, (t_ms, event_id)) AS site,
     min(observed_at) AS first_seen,
     max(observed_at) AS last_seen,
     toUInt32(intDiv(max(t_ms) - min(t_ms), 1000)) AS duration,

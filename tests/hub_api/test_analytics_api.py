@@ -87,13 +87,15 @@ def web_rows() -> list[dict[str, Any]]:
 
 
 def iot_rows() -> list[dict[str, Any]]:
-    def det(cam: str, label: str, at: int, conf: float, incident: str | None) -> dict[str, Any]:
+    def det(
+        cam: str, label: str, at: int, conf: float, incident: str | None, site: str = ""
+    ) -> dict[str, Any]:
         return raw_row(
             category="iot",
             type=f"{label}_detected",
             source_id=cam,
             observed_at=at,
-            data={"camera_id": cam, "label": label, "confidence": conf},
+            data={"camera_id": cam, "label": label, "confidence": conf, **({"site": site} if site else {})},
             metadata={"site_id": "farm"},
             incident_id=incident,
         )
@@ -126,6 +128,11 @@ def iot_rows() -> list[dict[str, Any]]:
         det("cam-3", "animal", T0 + 2 * DAY + 30 * MIN, 0.5, None),
         det("cam-3", "person", T0 + 2 * DAY + 60 * MIN, 0.5, "i3"),
         det("cam-4", "person", T0 + 2 * DAY + 61 * MIN, 0.5, "i3"),
+        # Day 4: i4 seen first at the barn, then on the farm's cam-6; i5 only on the farm.
+        det("cam-5", "person", T0 + 3 * DAY + 11 * MIN, 0.5, "i4", site="barn"),
+        det("cam-6", "person", T0 + 3 * DAY + 10 * MIN + 30_000, 0.5, "i4"),
+        det("cam-5", "person", T0 + 3 * DAY + 10 * MIN, 0.5, "i4", site="barn"),
+        det("cam-6", "person", T0 + 3 * DAY + 5 * MIN, 0.5, "i5"),
         reading(20.0, T0 + 5 * MIN),
         reading(22.0, T0 + 10 * MIN, dup_id),
         reading(27.0, T0 + 15 * MIN),
@@ -387,6 +394,13 @@ def test_iot_detections_and_sensors(api: str) -> None:
     assert ok(api, f"/api/iot/detections?{day3}&site=farm")["incidents"] == everything
     assert ok(api, f"/api/iot/detections?{day3}&site=farm&limit=2")["incidents"] == everything[:2]
     assert ok(api, f"/api/iot/detections?{day3}&site=elsewhere")["incidents"] == []
+    # An incident's site is its first detection's: i4 belongs to the barn, not to the farm.
+    day4 = f"from={T0 + 3 * DAY}&to={T0 + 4 * DAY}"
+    for site, keys in (("barn", ["i4"]), ("farm", ["i5"])):
+        for limit in (1, 5):
+            got = ok(api, f"/api/iot/detections?{day4}&site={site}&limit={limit}")["incidents"]
+            assert [(i["incident_key"], i["site"]) for i in got] == [(k, site) for k in keys]
+    assert [i["incident_key"] for i in ok(api, f"/api/iot/detections?{day4}")["incidents"]] == ["i4", "i5"]
     cam4 = ok(api, f"/api/iot/detections?{day3}&limit=1&source=cam-4")["incidents"]
     assert [i["incident_key"] for i in cam4] == ["i3"]
     cam3 = ok(api, f"/api/iot/detections?{day3}&limit=2&source=cam-3")["incidents"]
