@@ -366,19 +366,6 @@ GROUP BY cohort, n ORDER BY cohort, n"""
 # -- IoT -------------------------------------------------------------------------------------------
 
 
-def _json_string(doc: str, key: str) -> str:
-    """``JSONExtractString(doc, key)``, parsing ``doc`` only when ``"key"`` occurs in it: the hub
-    writes JSON with orjson, which never escapes a letter, so without that text the key is
-    absent and the answer is '' (most payloads have no ``site``: a parse saved per row)."""
-    return f"if(position({doc}, '\"{key}\"') > 0, JSONExtractString({doc}, '{key}'), '')"
-
-
-def _site_expr(data: str, metadata: str, source_id: str) -> str:
-    in_data, in_metadata = _json_string(data, "site"), _json_string(metadata, "site_id")
-    return f"multiIf({in_data} != '', {in_data}, {in_metadata} != '', {in_metadata}, {source_id})"
-
-
-_SITE_EXPR = _site_expr("data", "source_metadata", "source_id")
 _CAMERA_EXPR = (
     "if(JSONExtractString(data, 'camera_id') != '', JSONExtractString(data, 'camera_id'), source_id)"
 )
@@ -449,21 +436,10 @@ def _camera_is(param: str, value: str) -> str:
     return f"(source_id = {{{param}:String}} OR position(data, {{{param}:String}}) > 0) AND {exact}"
 
 
-def _site_is(value: str) -> str:
-    """``site = {site}`` (the site in ``data``, else in the metadata, else the source), likewise."""
-    exact = f"{_SITE_EXPR} = {{site:String}}"
-    if not _verbatim(value):
-        return exact
-    return (
-        "(source_id = {site:String} OR position(data, {site:String}) > 0"
-        f" OR position(source_metadata, {{site:String}}) > 0) AND {exact}"
-    )
-
-
 def _detection_filters(q: IotQuery, label: str | None, params: dict[str, Any]) -> list[str]:
     conds = []
     if q.site is not None:
-        conds.append(_site_is(q.site))
+        conds.append("site = {site:String}")  # stored at ingest (schema.py)
     if q.source is not None:
         conds.append(_camera_is("source", q.source))
     if label is not None:
@@ -513,7 +489,7 @@ def incidents_sql(q: IotQuery, label: str | None, limit: int) -> tuple[str, dict
         # cameras with an uncorrelated detection there (all of their runs): the incident's site
         # is one of its detections', so the rest cannot pass ``site = …`` below; 30 days, one of
         # six sites: parsing and grouping a sixth of the detections.
-        at_site = f"{base} AND {_site_is(q.site)}"
+        at_site = f"{base} AND site = {{site:String}}"
         only[True] += f""" AND incident_id IN (SELECT incident_id FROM {q.db}.events WHERE {at_site}
                 AND ifNull(incident_id, '') != '')"""
         only[False] += f""" AND {_CAMERA_EXPR} IN (SELECT {_CAMERA_EXPR} FROM {q.db}.events WHERE {at_site}
@@ -529,9 +505,9 @@ def incidents_sql(q: IotQuery, label: str | None, limit: int) -> tuple[str, dict
                 AND ifNull(incident_id, '') != ''{only[True]}
                 GROUP BY incident_id ORDER BY min(observed_at) DESC, incident_id LIMIT {{limit:UInt32}})"""
     cols = f"""event_id, toUnixTimestamp64Milli(observed_at) AS t_ms, edge_id,
-        (data, source_metadata, source_id) AS sd, {_CAMERA_EXPR} AS camera_id, {_LABEL_EXPR} AS label,
+        site, {_CAMERA_EXPR} AS camera_id, {_LABEL_EXPR} AS label,
         JSONExtractFloat(data, 'confidence') AS confidence, ifNull(incident_id, '') AS incident_id"""
-    names = "event_id, t_ms, edge_id, sd, camera_id, label, confidence, incident_id"
+    names = "event_id, t_ms, edge_id, site, camera_id, label, confidence, incident_id"
 
     def rows(correlated: bool) -> str:
         # the copies of an event share incident_id: each is in one branch only
@@ -547,12 +523,12 @@ def incidents_sql(q: IotQuery, label: str | None, limit: int) -> tuple[str, dict
         FROM (SELECT *, toUInt32(t_ms - lagInFrame(t_ms, 1, toInt64(0)) OVER (
             {win} ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) > 60000) AS new_run FROM ({rows(False)}))"""
     keyed = f"SELECT {names}, incident_id AS incident_key FROM ({rows(True)}) UNION ALL {runs}"
-    # The site of an incident: its first detection's (parsed once per incident, not per row).
-    site = _site_expr("sd.1", "sd.2", "sd.3")
-    sql = f"""SELECT incident_key, {site} AS site, first_seen, last_seen, duration, detections, cameras,
+    # The site of an incident: its first detection's.
+    sql = f"""SELECT incident_key, first_site AS site, first_seen, last_seen, duration, detections, cameras,
     edges, labels, max_confidence, avg_confidence, correlated
 FROM (
-    SELECT incident_key, argMin(sd, (t_ms, event_id)) AS sd, min(t_ms) AS first_seen, max(t_ms) AS last_seen,
+    SELECT incident_key, argMin(site, (t_ms, event_id)) AS first_site, min(t_ms) AS first_seen,
+        max(t_ms) AS last_seen,
         toUInt32(intDiv(max(t_ms) - min(t_ms), 1000)) AS duration, count() AS detections,
         arraySort(groupUniqArray(camera_id)) AS cameras, arraySort(groupUniqArray(edge_id)) AS edges,
         arraySort(groupUniqArray(label)) AS labels, max(confidence) AS max_confidence,
@@ -573,7 +549,7 @@ def sensors_sql(q: IotQuery, metric: str | None, step_ms: int, limit: int) -> tu
     types = "type = 'sensor_reading'" + (" AND source_id = {source:String}" if q.source is not None else "")
     # The site test in the innermost WHERE, behind its substring prefilter (30 days, one of six
     # sites: ~0.9 s when every reading's site was parsed and filtered afterwards).
-    at_site = f" AND {_site_is(q.site)}" if q.site is not None else ""
+    at_site = " AND site = {site:String}" if q.site is not None else ""
     inner = f"""SELECT toUnixTimestamp64Milli(observed_at) AS t_ms, source_id,
         JSONExtractString(data, 'metric') AS metric, JSONExtractFloat(data, 'value') AS value
     FROM {q.db}.events WHERE {q.where(types)}{at_site} AND JSONHas(data, 'value')

@@ -124,6 +124,7 @@ def decode_events(
     retention_class: list[str] = []
     flags: list[int] = []
     visitor: list[int] = []
+    site: list[str] = []
 
     rejected: list[RejectedEvent] = []
     dead: list[DeadLetter] = []
@@ -211,6 +212,7 @@ def decode_events(
                 with_visitor=row.category == "web",
             )
         visitor.append(vid)
+        site.append(site_of(row.data, src.get("metadata"), row.source_id))
         data.append(private if private is not None else row.payload_json)
         attachments.append(row.attachments_json or "[]")
         source_version.append(src.get("version"))
@@ -247,6 +249,7 @@ def decode_events(
         "retention_class": retention_class,
         "flags": flags,
         "visitor_id": visitor,
+        "site": site,
     }
     assert tuple(columns) == EVENT_COLUMNS
     return DecodedBatch(columns, n, rejected, dead, duplicates)

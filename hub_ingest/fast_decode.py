@@ -43,6 +43,7 @@ from edgekite.envelope_rules import (
 from edgekite.hubstore.schema import EVENT_COLUMNS
 from edgekite.ingest import FLAG_SKEW_FUTURE, FLAG_SKEW_PAST, attachment_item
 from edgekite.sync_protocol import BatchError, BatchHeader, decompress_batch
+from edgekite.visitor import site_of
 from hub_ingest.decode import DecodedBatch, visitor_and_private_data
 
 if TYPE_CHECKING:
@@ -282,7 +283,7 @@ def _columns(
             corr.correlation_id, corr.session_id, corr.incident_id,
             private if private is not None else payload.decode(),
             attachments_json, src.version, meta_json, ev.schema_version or "1.0",
-            int(privacy.pii), privacy.retention_class, flag, vid,
+            int(privacy.pii), privacy.retention_class, flag, vid, site_of(data, src.metadata, src.id),
         ))  # fmt: skip
 
     n = len(rows)

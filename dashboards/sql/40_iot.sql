@@ -5,7 +5,8 @@
 -- events): detections (category 'iot', type '<label>_detected'): camera_id (else source_id),
 -- label (else the type's prefix), confidence (0..1), zone; correlation.incident_id is the column
 -- incident_id. Sensor readings (type 'sensor_reading'): metric, value, unit.
--- site: data.site, else source_metadata.site_id, else source_id (the enricher's rule).
+-- site: the stored column (data.site, else source_metadata.site_id, else source_id: the enricher's
+-- rule, written at ingest).
 
 -- Detections per camera per hour, with confidence.
 CREATE OR REPLACE VIEW {db}.iot_detections_hourly AS
@@ -24,9 +25,7 @@ FROM
     SELECT
         observed_at,
         edge_id,
-        multiIf(JSONExtractString(data, 'site') != '', JSONExtractString(data, 'site'),
-                JSONExtractString(source_metadata, 'site_id') != '', JSONExtractString(source_metadata, 'site_id'),
-                source_id) AS site,
+        site,
         if(JSONExtractString(data, 'camera_id') != '', JSONExtractString(data, 'camera_id'), source_id) AS camera_id,
         if(JSONExtractString(data, 'label') != '', JSONExtractString(data, 'label'),
            replaceRegexpOne(type, '_detected$', '')) AS label,
@@ -78,9 +77,7 @@ FROM
                 observed_at,
                 toUnixTimestamp64Milli(observed_at) AS t_ms,
                 edge_id,
-                multiIf(JSONExtractString(data, 'site') != '', JSONExtractString(data, 'site'),
-                        JSONExtractString(source_metadata, 'site_id') != '',
-                        JSONExtractString(source_metadata, 'site_id'), source_id) AS site,
+                site,
                 if(JSONExtractString(data, 'camera_id') != '', JSONExtractString(data, 'camera_id'), source_id)
                     AS camera_id,
                 if(JSONExtractString(data, 'label') != '', JSONExtractString(data, 'label'),
@@ -116,9 +113,7 @@ FROM
         edge_id,
         source_id,
         severity,
-        multiIf(JSONExtractString(data, 'site') != '', JSONExtractString(data, 'site'),
-                JSONExtractString(source_metadata, 'site_id') != '', JSONExtractString(source_metadata, 'site_id'),
-                source_id) AS site,
+        site,
         JSONExtractString(data, 'metric') AS metric,
         JSONExtractString(data, 'unit') AS unit,
         JSONExtractFloat(data, 'value') AS value

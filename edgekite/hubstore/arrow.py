@@ -43,6 +43,7 @@ EVENTS_SCHEMA = pa.schema(
         ("retention_class", _S),
         ("flags", pa.uint8()),
         ("visitor_id", pa.uint64()),
+        ("site", _S),
     ]
 )
 

@@ -24,7 +24,7 @@ import orjson
 import pyarrow as pa
 
 from edgekite.config import HubConfig
-from edgekite.hubstore.schema import ddl, events_migration, events_needs_migration
+from edgekite.hubstore.schema import SITE_COLUMN_SQL, ddl, events_migration, events_needs_migration
 
 log = logging.getLogger(__name__)
 
@@ -119,10 +119,27 @@ class HubStore:
             self._open_clickhouse()
         for statement in ddl(self.config):
             self.command(statement)
-        self._migrate_events()
+        migrated = self._migrate_events()
+        self._add_site_column(materialize=migrated)
         log.info("hub storage open: %s", self.description)
 
-    def _migrate_events(self) -> None:
+    def _add_site_column(self, *, materialize: bool) -> None:
+        """Give an ``events`` table from before the stored ``site`` the column, and write it into
+        the existing parts in the background (until then they read its default: same values)."""
+        db = self.database
+        rows = self.query_rows(
+            "SELECT count() FROM system.columns"
+            " WHERE database = {db:String} AND table = 'events' AND name = 'site'",
+            {"db": db},
+        )
+        if not int(rows[0][0]):
+            self.command(f"ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS {SITE_COLUMN_SQL}")
+            materialize = True
+        if materialize:
+            self.command(f"ALTER TABLE {db}.events MATERIALIZE COLUMN site")
+            log.info("events: writing the new site column into the stored parts (a background mutation)")
+
+    def _migrate_events(self) -> bool:
         """Give an ``events`` table from before ``first_arrival_ver`` the version (see schema.py)."""
         db = self.database
         rows = self.query_rows(
@@ -130,7 +147,7 @@ class HubStore:
             {"db": db},
         )
         if not rows or not events_needs_migration(str(rows[0][0])):
-            return
+            return False
         parts = self.query_rows(
             "SELECT DISTINCT partition_id FROM system.parts"
             " WHERE database = {db:String} AND table = 'events' AND active ORDER BY partition_id",
@@ -145,6 +162,7 @@ class HubStore:
             len(parts),
             time.monotonic() - started,
         )
+        return True
 
     def _open_chdb(self) -> None:
         from chdb import session

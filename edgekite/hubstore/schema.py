@@ -13,6 +13,11 @@ Why these shapes:
   earlier one, so per-day figures of closed days can be cached (the fleet drill-down does).
   Hubs created before it had no version (the *last* copy survived); ``events_migration``
   moves their parts into the new engine at start (hard links, no copy of the data).
+- ``site`` is stored at ingest (``edgekite.visitor.site_of``: ``data.site``, else the source's
+  ``site_id``, else the source), so the IoT views and the site filters read a small column
+  instead of parsing two JSON documents per row (30 days of one site's detections: ~100 ms of
+  parsing). Rows stored before it read its SQL default, the same rule, until a mutation
+  (``MATERIALIZE COLUMN``, started when the column is added) has written it.
 - It is partitioned by the edge's ``received_at`` (a sane clock), not ``observed_at``: devices
   send absurd observation times, and a partition per bogus month would explode the part count.
 - ``non_replicated_deduplication_window`` makes ClickHouse remember the last N insert
@@ -60,6 +65,7 @@ EVENT_COLUMNS: tuple[str, ...] = (
     "retention_class",
     "flags",
     "visitor_id",
+    "site",
 )
 
 BATCH_COLUMNS: tuple[str, ...] = (
@@ -158,6 +164,26 @@ SETTINGS non_replicated_deduplication_window = {window}""",
 FIRST_ARRIVAL_VER = "toUInt64(253402300799999 - toUnixTimestamp64Milli(hub_received_at))"
 
 
+def json_string_sql(doc: str, key: str) -> str:
+    """``JSONExtractString(doc, key)``, parsing ``doc`` only when ``"key"`` occurs in it: the hub
+    writes JSON with orjson, which never escapes a letter, so without that text the key is
+    absent and the answer is ''."""
+    return f"if(position({doc}, '\"{key}\"') > 0, JSONExtractString({doc}, '{key}'), '')"
+
+
+def site_sql(data: str, metadata: str, source_id: str) -> str:
+    """The site of an event in SQL: ``data.site``, else ``source.metadata.site_id``, else the source
+    (``edgekite.visitor.site_of``, which hub ingest stores in the ``site`` column)."""
+    in_data, in_metadata = json_string_sql(data, "site"), json_string_sql(metadata, "site_id")
+    return f"multiIf({in_data} != '', {in_data}, {in_metadata} != '', {in_metadata}, {source_id})"
+
+
+# The ``site`` column's default: what rows stored before ingest wrote the column read as (and
+# what ``MATERIALIZE COLUMN`` writes into their parts).
+SITE_SQL = site_sql("data", "source_metadata", "source_id")
+SITE_COLUMN_SQL = f"site LowCardinality(String) DEFAULT {SITE_SQL}"
+
+
 def events_table_sql(db: str, name: str, window: int) -> str:
     """``CREATE TABLE`` of the raw events table (``name`` differs only while migrating)."""
     return f"""CREATE TABLE IF NOT EXISTS {db}.{name} (
@@ -185,7 +211,8 @@ def events_table_sql(db: str, name: str, window: int) -> str:
     retention_class LowCardinality(String),
     flags UInt8,
     visitor_id UInt64 DEFAULT 0,
-    first_arrival_ver UInt64 MATERIALIZED {FIRST_ARRIVAL_VER}
+    first_arrival_ver UInt64 MATERIALIZED {FIRST_ARRIVAL_VER},
+    site LowCardinality(String) DEFAULT {SITE_SQL}
 )
 ENGINE = ReplacingMergeTree(first_arrival_ver)
 PARTITION BY toYYYYMM(received_at)
@@ -213,6 +240,7 @@ def events_migration(db: str, window: int, partition_ids: list[str]) -> list[str
     return [
         f"DROP TABLE IF EXISTS {tmp} SYNC",  # a migration cut short before the exchange
         f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS first_arrival_ver UInt64 MATERIALIZED {FIRST_ARRIVAL_VER}",
+        f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {SITE_COLUMN_SQL}",
         events_table_sql(db, "events_first_arrival", window),
         *(f"ALTER TABLE {tmp} ATTACH PARTITION ID '{pid}' FROM {t}" for pid in partition_ids),
         f"EXCHANGE TABLES {t} AND {tmp}",

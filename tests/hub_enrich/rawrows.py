@@ -19,6 +19,7 @@ import pyarrow as pa
 from edgekite.hubstore import HubStore
 from edgekite.hubstore.analytics import ensure_analytics
 from edgekite.hubstore.arrow import EVENTS_SCHEMA
+from edgekite.visitor import site_of
 from tests.hub_ingest.helpers import hub_config
 
 MIN = 60_000
@@ -136,6 +137,7 @@ def raw_row(
         "retention_class": "standard",
         "flags": 0,
         "visitor_id": visitor_id,
+        "site": site_of(data, metadata, source_id),
     }
 
 

@@ -16,7 +16,7 @@ from netaddr import IPSet
 from edgekite.hubstore.enriched import ENRICHED_COLUMNS
 from edgekite.hubstore.schema import EVENT_COLUMNS
 from edgekite.simulate import USER_AGENTS, TrafficGenerator
-from edgekite.visitor import DAY_MS, DailySalts, visitor_id
+from edgekite.visitor import DAY_MS, DailySalts, site_of, visitor_id
 from hub_enrich.bots import BotDetector
 from hub_enrich.enrich import COLUMN_NAMES, ENRICHMENT_VERSION, Enricher
 from hub_enrich.geo import GeoLookup
@@ -58,6 +58,7 @@ def stored_row(source_id: str, env: Mapping[str, Any], **extra: Any) -> dict[str
         "retention_class": "standard",
         "flags": 0,
         "visitor_id": 0,  # 0: not computed at ingest, so the enricher computes it from the salts
+        "site": site_of(event.get("data") or {}, env["source"].get("metadata") or {}, source_id),
     }
     assert set(row) == set(EVENT_COLUMNS)
     row.update(extra)

@@ -321,3 +321,28 @@ def test_decode_worker_process_gives_the_same_answers(store: HubStore) -> None:
         assert _count(store, "edge-w") == 49
     finally:
         pool.shutdown()
+
+
+def test_each_event_is_stored_with_its_site_by_the_rule_the_sql_default_applies(store: HubStore) -> None:
+    """``site`` is written at ingest (``site_of``) and read as its SQL default for older rows:
+    both must give every event the same site, so old and new rows filter alike."""
+    from edgekite.hubstore.schema import SITE_SQL
+
+    events = envelopes(300, seed=23)
+    special = envelopes(3, seed=24)
+    special[0]["event"]["data"]["site"] = "barn"  # data.site wins
+    special[1]["source"]["metadata"] = {"site_id": "farm"}  # then the source's site_id
+    special[2]["source"]["metadata"] = {"site_id": ""}  # else the source itself
+    special[2]["event"]["data"].pop("site", None)
+    p = _processor(store)
+    assert p.process("sites", batch("sites", "s:1-303", events + special), None).status == "ok"
+    rows = store.query_rows(
+        f"SELECT toString(event_id), site, {SITE_SQL} FROM {store.table('events')} WHERE edge_id = 'sites'"
+    )
+    assert len(rows) == 303
+    assert [r for r in rows if r[1] != r[2]] == []
+    by_id = {r[0]: r[1] for r in rows}
+    assert by_id[special[0]["event_id"]] == "barn"
+    assert by_id[special[1]["event_id"]] == "farm"
+    assert by_id[special[2]["event_id"]] == special[2]["source"]["id"]
+    assert len({r[1] for r in rows}) > 3  # the simulator's sites and sources

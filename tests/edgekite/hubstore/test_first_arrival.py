@@ -120,6 +120,8 @@ def test_an_old_hub_is_migrated_in_place_with_its_rows(tmp_path: Path) -> None:
         assert "events_first_arrival" not in tables
         # Every stored row moved, copies included (nothing merged or lost on the way).
         assert store.query_rows("SELECT count(), uniqExact(event_id) FROM edgekite.events") == [(102, 101)]
+        # The old rows read the site column by its default (here: the source, as they name none).
+        assert store.query_rows("SELECT DISTINCT site FROM edgekite.events") == [("sensor-1",)]
         # The resent event's first arrival survives the merge, as on a new hub.
         _insert(store, [(2, "b7", T0 + 3 * DAY)])
         survivors = _surviving(store)
