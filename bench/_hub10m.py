@@ -53,7 +53,7 @@ def _worker(
 ) -> None:
     from edgekite.hubstore.arrow import BATCHES_SCHEMA, EVENTS_SCHEMA, table_from_rows
     from edgekite.simulate import TrafficGenerator
-    from edgekite.visitor import truncate_ip, visitor_id
+    from edgekite.visitor import site_of, truncate_ip, visitor_id
     from hub_enrich.bots import BotDetector
     from hub_enrich.consumer import enriched_table
     from hub_enrich.enrich import Enricher
@@ -145,6 +145,7 @@ def _worker(
                 "retention_class": env["privacy"]["retention_class"],
                 "flags": 0,
                 "visitor_id": vid,
+                "site": site_of(data, meta, source_id),
             }
             for name in names:
                 cols[name].append(row[name])
