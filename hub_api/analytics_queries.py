@@ -494,16 +494,20 @@ def incidents_sql(q: IotQuery, label: str | None, limit: int) -> tuple[str, dict
                 AND ifNull(incident_id, '') != '')"""
         only[False] += f""" AND {_CAMERA_EXPR} IN (SELECT {_CAMERA_EXPR} FROM {q.db}.events WHERE {at_site}
                 AND ifNull(incident_id, '') = '')"""
-    if q.site is None and label is None:
-        # Without a site or label filter (decided per incident, after the grouping), only the
-        # newest ``limit`` correlated incidents can be in the answer: find them from two plain
-        # columns first, then parse and group only their detections (7 days, all cameras:
-        # ~306k rows parsed and grouped before, a few hundred now). With a site filter the same
-        # (ranking the incidents whose first detection is at the site) measured no faster: the
-        # site test of every candidate row is the cost.
-        only[True] += f""" AND incident_id IN (SELECT incident_id FROM {q.db}.events WHERE {base}
+    if label is None:
+        # Without a label filter (decided per incident, after the grouping), only the newest
+        # ``limit`` correlated incidents (of the site: an incident's site is its first
+        # detection's) can be in the answer: find them from plain columns first, then parse and
+        # group only their detections (7 days, all cameras: ~306k rows parsed and grouped
+        # before, a few hundred now; 30 days of one site: 263 -> 182 ms, same rows).
+        first_at_site = ""
+        if q.site is not None:
+            first_at_site = " HAVING argMin(site, (observed_at, event_id)) = {site:String}"
+        # (the newest ones are picked among the camera's or site's: no need to test that twice)
+        only[True] = f""" AND incident_id IN (SELECT incident_id FROM {q.db}.events WHERE {base}
                 AND ifNull(incident_id, '') != ''{only[True]}
-                GROUP BY incident_id ORDER BY min(observed_at) DESC, incident_id LIMIT {{limit:UInt32}})"""
+                GROUP BY incident_id{first_at_site}
+                ORDER BY min(observed_at) DESC, incident_id LIMIT {{limit:UInt32}})"""
     cols = f"""event_id, toUnixTimestamp64Milli(observed_at) AS t_ms, edge_id,
         site, {_CAMERA_EXPR} AS camera_id, {_LABEL_EXPR} AS label,
         JSONExtractFloat(data, 'confidence') AS confidence, ifNull(incident_id, '') AS incident_id"""
