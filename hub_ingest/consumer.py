@@ -183,6 +183,10 @@ class Consumer:
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
 
+    def stop_taking(self) -> None:
+        """Take no more batches (those already in hand are still finished by :meth:`stop`)."""
+        self._stopping.set()
+
     def stop(self, drain_timeout: float = 30.0, *, last: bool = True) -> None:
         """Stop taking batches, finish (store + ack) those in hand, then disconnect.
 
@@ -389,6 +393,10 @@ class ConsumerGroup:
         return all(c.wait_connected(max(0.0, deadline - time.monotonic())) for c in self.consumers)
 
     def stop(self) -> None:
+        # Every consumer stops taking batches at once; draining them one by one let the others
+        # go on taking (and storing) batches for as long as the first one drained.
+        for c in self.consumers:
+            c.stop_taking()
         for i, c in enumerate(self.consumers):
             c.stop(last=i == len(self.consumers) - 1)
         self._decoder.shutdown(wait=True)

@@ -44,11 +44,16 @@ def test_a_batch_is_consumed_only_once_its_ack_is_at_the_broker(tmp_path: Path, 
         metrics = HubMetrics()
         group = _group(store, broker, metrics)
         sent = [edge.send(p, wait=False) for p in payloads]
-        first = edge.collect(3)
+        # Stop as soon as a few batches are stored (waiting for their acks at the edge instead
+        # let the hub store 60 % of the burst here, and all of it once in CI).
+        deadline = time.monotonic() + 30
+        while (metrics.registry.get_sample_value("edgekite_hub_batches_ok_total") or 0) < 5:
+            assert time.monotonic() < deadline, "no batch stored"
+            time.sleep(0.005)
         group.stop()  # with acks still queued behind paho's window
         for info in sent:
             info.wait_for_publish(10)
-        acked = {a.batch_id for a in first}
+        acked: set[str] = set()
         time.sleep(0.5)
         while not edge.acks.empty():
             acked.add(edge.acks.get().batch_id)
