@@ -21,14 +21,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
-import pyarrow as pa
 
 from edgekite.hubstore import HubStore
+from edgekite.hubstore.arrow import FLEET_DAYS_SCHEMA, table_from_rows
 from edgekite.hubstore.backend import StorageError
+from hub_api.analytics_queries import DAY_MS
 
 log = logging.getLogger(__name__)
-
-DAY_MS = 86_400_000
 
 # A hub day counts as closed this long after it ended: ``hub_received_at`` is stamped when the
 # hub takes a batch, and the insert of a (grouped) batch lands seconds later, not minutes.
@@ -119,18 +118,6 @@ class DaysBacking(Protocol):
     def save(self, edge_id: str, days: dict[int, list[Row]]) -> None: ...
 
 
-FLEET_DAYS_SCHEMA = pa.schema(
-    [
-        ("definition", pa.string()),
-        ("events_table", pa.string()),
-        ("edge_id", pa.string()),
-        ("hub_day", pa.int64()),
-        ("rows", pa.string()),
-        ("computed_ms", pa.int64()),
-    ]
-)
-
-
 class FleetDaysTable:
     """The closed days in the hub's ``fleet_days`` table, as JSON rows per (edge, day).
 
@@ -174,21 +161,11 @@ class FleetDaysTable:
         now = time.time_ns() // 1_000_000
         try:
             events = self._events_table()
-            table = pa.Table.from_pylist(
-                [
-                    {
-                        "definition": DEFINITION,
-                        "events_table": events,
-                        "edge_id": edge_id,
-                        "hub_day": day,
-                        "rows": orjson.dumps(rows).decode(),
-                        "computed_ms": now,
-                    }
-                    for day, rows in days.items()
-                ],
-                schema=FLEET_DAYS_SCHEMA,
-            )
-            self.store.insert_arrow("fleet_days", table)
+            rows = [
+                (DEFINITION, events, edge_id, day, orjson.dumps(day_rows).decode(), now)
+                for day, day_rows in days.items()
+            ]
+            self.store.insert_arrow("fleet_days", table_from_rows(FLEET_DAYS_SCHEMA, rows))
         except StorageError as exc:
             log.warning("fleet_days: cannot store the days of %s: %s", edge_id, exc)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from edgekite.hubstore.schema import BATCH_COLUMNS, DEAD_LETTER_COLUMNS, EVENT_COLUMNS
+from edgekite.hubstore.schema import BATCH_COLUMNS, DEAD_LETTER_COLUMNS, EVENT_COLUMNS, FLEET_DAYS_COLUMNS
 
 _MS = pa.timestamp("ms", tz="UTC")
 _S = pa.string()
@@ -76,9 +76,21 @@ DEAD_LETTER_SCHEMA = pa.schema(
     ]
 )
 
+FLEET_DAYS_SCHEMA = pa.schema(
+    [
+        ("definition", _S),
+        ("events_table", _S),
+        ("edge_id", _S),
+        ("hub_day", pa.int64()),
+        ("rows", _S),
+        ("computed_ms", pa.int64()),
+    ]
+)
+
 assert tuple(EVENTS_SCHEMA.names) == EVENT_COLUMNS
 assert tuple(BATCHES_SCHEMA.names) == BATCH_COLUMNS
 assert tuple(DEAD_LETTER_SCHEMA.names) == DEAD_LETTER_COLUMNS
+assert tuple(FLEET_DAYS_SCHEMA.names) == FLEET_DAYS_COLUMNS
 
 
 def table_from_columns(schema: pa.Schema, columns: Mapping[str, Sequence[Any]]) -> pa.Table:

@@ -94,6 +94,15 @@ DEAD_LETTER_COLUMNS: tuple[str, ...] = (
 )
 
 
+FLEET_DAYS_COLUMNS: tuple[str, ...] = (
+    "definition",
+    "events_table",
+    "edge_id",
+    "hub_day",
+    "rows",
+    "computed_ms",
+)
+
 # The ledger's columns, shared by ``batches`` and ``batches_pending`` (BATCH_COLUMNS' types).
 _LEDGER_COLUMNS = """    edge_id LowCardinality(String),
     batch_id String,

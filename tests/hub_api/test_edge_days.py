@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from edgekite.hubstore import HubStore
-from hub_api.analytics_queries import edge_first_arrivals_sql
-from hub_api.edge_days import CLOSE_AFTER_MS, DAY_MS, DaysPlan, EdgeDaysCache, edge_day_rows, plan_days
+from hub_api.analytics_queries import DAY_MS, edge_first_arrivals_sql
+from hub_api.edge_days import CLOSE_AFTER_MS, DaysPlan, EdgeDaysCache, edge_day_rows, plan_days
+from tests.hub_enrich.rawrows import insert_raw, raw_row
 
 D0 = 1_717_200_000_000
 H = 3_600_000
@@ -32,24 +33,23 @@ def test_a_period_splits_into_closed_whole_days_and_live_ends() -> None:
     assert plan_days(D0 + H, D0 + 5 * H, LATER) == DaysPlan((), ((D0 + H, D0 + 5 * H),))
 
 
-def _uuid(i: int) -> str:
-    return f"00000000-0000-7000-8000-{i:012d}"
-
-
 def _batch(store: HubStore, edge: str, hub_ms: int, events: list[int], source: str = "sensor-1") -> None:
-    """One stored batch: event i was observed at D0 + i minutes, received by the edge 1 s later."""
-    values = ", ".join(
-        f"('{_uuid(i)}', '{edge}', 'b-{hub_ms}', fromUnixTimestamp64Milli({D0 + i * 60_000}, 'UTC'),"
-        f" fromUnixTimestamp64Milli({D0 + i * 60_000 + 1000}, 'UTC'),"
-        f" fromUnixTimestamp64Milli({hub_ms}, 'UTC'),"
-        f" 'sensor', '{source}', 'iot', 'reading', 'info', '{{}}', '[]', '{{}}', '1', 0, 'standard', 0)"
+    """One stored batch (one INSERT): event i was observed at D0 + i minutes, received 1 s later."""
+    rows = [
+        raw_row(
+            category="iot",
+            type="reading",
+            source_id=source,
+            observed_at=D0 + i * 60_000,
+            received_at=D0 + i * 60_000 + 1000,
+            hub_at=hub_ms,
+            data={},
+            edge=edge,
+            event_id=f"00000000-0000-7000-8000-{i:012d}",
+        )
         for i in events
-    )
-    store.command(
-        "INSERT INTO edgekite.events (event_id, edge_id, batch_id, observed_at, received_at,"
-        " hub_received_at, source_type, source_id, category, type, severity, data, attachments,"
-        f" source_metadata, schema_version, pii, retention_class, flags) VALUES {values}"
-    )
+    ]
+    insert_raw(store, rows)
 
 
 def _figures(store: HubStore, cache: EdgeDaysCache, plan: DaysPlan, edge: str = "edge-a") -> dict[str, Any]:
