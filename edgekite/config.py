@@ -198,6 +198,11 @@ class StoreSection(_Section):
         "FULL", description="FULL survives power loss for committed data; NORMAL only process crashes."
     )
     wal_max_bytes: int = Field(64 * 1024**2, ge=1024**2, description="WAL is checkpointed back under this.")
+    background_checkpoint: bool = Field(
+        True,
+        description="Copy the WAL back into edge.db on a thread of its own instead of inside the writer's "
+        "commits. Measured: HTTP ingest of random-id events on a 1.5M-event store ~1.6x faster.",
+    )
     cache_mb: int = Field(
         4, ge=1, description="SQLite page cache per connection; measured: 16 MB bought no ingest speed."
     )

@@ -66,6 +66,13 @@ class EdgeMetrics:
         )
         self.db_bytes = Gauge("edgekite_db_bytes", "Size of edge.db (live pages).", registry=r)
         self.wal_bytes = Gauge("edgekite_wal_bytes", "Size of the WAL file.", registry=r)
+        self.wal_checkpoint_seconds = Counter(
+            "edgekite_wal_checkpoint_seconds",
+            "Time spent copying the WAL back into edge.db, by the thread that did it (background, "
+            "or the writer itself, between batches).",
+            ["by"],
+            registry=r,
+        )
         self.mqtt_connected = Gauge(
             "edgekite_mqtt_connected", "1 while the bridge holds a broker session.", registry=r
         )

@@ -34,6 +34,7 @@ from edgekite.ingest import (
 )
 from edgekite.metrics import EdgeMetrics
 from edgekite.store import maintenance
+from edgekite.store.checkpointer import WalCheckpointer
 from edgekite.store.codec import PayloadCodec
 from edgekite.store.queue import BoundedQueue, QueueClosedError
 from edgekite.store.rollup_writer import RollupWriter
@@ -103,6 +104,7 @@ class EdgeStore:
             config.store.queue_max_messages, config.store.queue_max_bytes
         )
         self._conn: sqlite3.Connection | None = None
+        self._checkpointer: WalCheckpointer | None = None
         self._thread: threading.Thread | None = None
         self._last_seq: dict[str, int] = {}
         self._retention = maintenance.RetentionState()
@@ -123,6 +125,9 @@ class EdgeStore:
         self.codec.load(conn)
         self._rows_written = int(conn.execute("SELECT coalesce(max(rowid), 0) FROM events").fetchone()[0])
         self._conn = conn
+        if self._cfg.store.background_checkpoint:
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
+            self._checkpointer = WalCheckpointer(self._cfg.db_path, self._cfg.store, self._metrics).start()
         self._thread = threading.Thread(target=self._run, name="edgekite-writer", daemon=True)
         self._thread.start()
         return self
@@ -138,6 +143,9 @@ class EdgeStore:
                 )
                 self._stopping.set()
                 self._thread.join(5)
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
         if self._conn is not None and (self._thread is None or not self._thread.is_alive()):
             try:
                 maintenance.checkpoint(self._conn, truncate=True)
@@ -508,18 +516,32 @@ class EdgeStore:
         size = maintenance.wal_bytes(self._cfg.db_path)
         self._metrics.wal_bytes.set(size)
         limit = self._cfg.store.wal_max_bytes
+        ckpt = self._checkpointer
+        if ckpt is not None and size <= limit // 2 and ckpt.should_finish():
+            # The background checkpoint has nearly caught up: copy the rest now, so the next
+            # transaction rewinds the WAL instead of growing it.
+            self._checkpoint_here(conn, truncate=False)
+            ckpt.state = (0, 0)
+            return
         if size > limit // 2:
-            maintenance.checkpoint(conn, truncate=False)
+            self._checkpoint_here(conn, truncate=False)
             if size > limit:
                 # TRUNCATE waits for readers; bound that wait so ingest never stalls for long.
                 conn.execute("PRAGMA busy_timeout = 200")
                 try:
-                    maintenance.checkpoint(conn, truncate=True)
+                    self._checkpoint_here(conn, truncate=True)
                 except sqlite3.OperationalError as exc:
                     log.debug("WAL truncate deferred: %s", exc)
                 finally:
                     conn.execute("PRAGMA busy_timeout = 10000")
             self._metrics.wal_bytes.set(maintenance.wal_bytes(self._cfg.db_path))
+
+    def _checkpoint_here(self, conn: sqlite3.Connection, *, truncate: bool) -> None:
+        t0 = time.perf_counter()
+        try:
+            maintenance.checkpoint(conn, truncate=truncate)
+        finally:
+            self._metrics.wal_checkpoint_seconds.labels("writer").inc(time.perf_counter() - t0)
 
     def _maintenance_step(self, conn: sqlite3.Connection) -> bool:
         """One bounded slice of retention work; True if more slices are due now."""
