@@ -225,6 +225,32 @@ def test_sizes_are_bounded() -> None:
         assert isinstance(result, Rejection) and result.code == "too_big"
 
 
+def test_every_element_of_an_array_is_bounded_like_a_message_of_its_own() -> None:
+    """Elements are proved small from their own bytes or walked; either way the limits hold."""
+    deep: object = {"leaf": 1}
+    for _ in range(LIMITS.max_depth + 2):
+        deep = {"d": deep}
+    # orjson reads 300 levels but cannot write them back: the walk must refuse this one.
+    too_deep_for_orjson = b"[" * 300 + b"1" + b"]" * 300
+    elements = [
+        full_envelope(event_id=str(uuid.uuid4())),
+        full_envelope(event={"category": "iot", "type": "x", "data": {"note": "x" * 10_000}}),
+        full_envelope(event={"category": "iot", "type": "x", "data": deep}),
+        full_envelope(event={"category": "iot", "type": "x", "data": {f"k{i}": i for i in range(300)}}),
+        full_envelope(event={"category": "iot", "type": "x", "data": {"d": "HERE"}}),
+        full_envelope(event_id=str(uuid.uuid4())),
+    ]
+    payload = orjson.dumps(elements).replace(b'"HERE"', too_deep_for_orjson)
+    decoded = decode_message(payload, topic_source_id="cam-barn-01", received_at=NOW, limits=LIMITS)
+    assert len(decoded.events) == 2
+    assert [(r.position, r.code) for r in decoded.rejections] == [
+        (1, "too_big"),
+        (2, "too_deep"),
+        (3, "too_big"),
+        (4, "too_deep"),
+    ]
+
+
 def test_array_message_keeps_the_good_and_names_the_bad() -> None:
     good = full_envelope(event_id=str(uuid.uuid4()))
     bad = full_envelope(event={"category": "nope", "type": "x"})
