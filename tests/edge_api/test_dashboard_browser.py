@@ -18,6 +18,7 @@ import sys
 import threading
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -345,6 +346,10 @@ def test_tracker_sends_page_views(edge: Edge, browser: Any, tmp_path: Path) -> N
         views = wait_for(lambda: site_events(edge, "tracker-site"))
         first = views[0]
         assert first["source"]["type"] == "browser"
+        # The tracker mints time-ordered UUIDv7 ids, stamped with the page's clock.
+        event_id = uuid.UUID(first["event_id"])
+        assert event_id.version == 7
+        assert abs(int.from_bytes(event_id.bytes[:6], "big") - first["observed_at"]) < 1000
         assert first["event"]["category"] == "web" and first["event"]["type"] == "page_view"
         data = first["event"]["data"]
         assert data["url"] == "/shop/page.html?utm_source=newsletter&utm_campaign=spring&x=1"
