@@ -69,7 +69,8 @@ class EdgeMetrics:
         self.wal_checkpoint_seconds = Counter(
             "edgekite_wal_checkpoint_seconds",
             "Time spent copying the WAL back into edge.db, by the thread that did it (background, "
-            "or the writer itself, between batches).",
+            "or the writer itself, between batches). With store.background_checkpoint off, SQLite's "
+            "automatic checkpoints inside commits are not counted here.",
             ["by"],
             registry=r,
         )
