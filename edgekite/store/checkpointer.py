@@ -78,14 +78,20 @@ class WalCheckpointer:
 
     def _run(self, conn: sqlite3.Connection) -> None:
         try:
-            while not self._stop.wait(self._interval):
-                t0 = time.perf_counter()
-                try:
-                    _busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                except sqlite3.Error as exc:  # e.g. SQLITE_BUSY against a TRUNCATE: try again later
-                    log.debug("background checkpoint skipped: %s", exc)
-                    continue
-                self._seconds.inc(time.perf_counter() - t0)
-                self.state = (int(frames), int(copied))
+            self._loop(conn)
+        except Exception:  # the writer's WAL bound still holds without this thread: say so, go on
+            log.exception("background checkpoints stopped; the writer now checkpoints at half the WAL bound")
+            self.state = (-1, -1)
         finally:
             conn.close()
+
+    def _loop(self, conn: sqlite3.Connection) -> None:
+        while not self._stop.wait(self._interval):
+            t0 = time.perf_counter()
+            try:
+                _busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            except sqlite3.OperationalError as exc:  # e.g. SQLITE_BUSY against a TRUNCATE: try again later
+                log.debug("background checkpoint skipped: %s", exc)
+                continue
+            self._seconds.inc(time.perf_counter() - t0)
+            self.state = (int(frames), int(copied))

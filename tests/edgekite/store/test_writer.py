@@ -361,6 +361,24 @@ def test_background_checkpoint_copies_the_wal_back_while_the_writer_appends(
     assert db_rows(cfg.db_path, "SELECT count(*) FROM events")[0][0] == 6_000
 
 
+def test_wal_stays_bounded_when_the_background_checkpoint_thread_is_gone(
+    open_store: Callable[..., tuple[EdgeStore, EdgeConfig, EdgeMetrics]],
+) -> None:
+    bound = 2 * 1024**2
+    store, cfg, _ = open_store(store={"wal_max_bytes": bound})
+    assert store._checkpointer is not None
+    store._checkpointer.stop()  # as if the thread had died
+    peak = 0
+    for _ in range(60):
+        envs = [
+            envelope(event={"category": "iot", "type": "r", "data": {"pad": "p" * 300}}) for _ in range(100)
+        ]
+        submit_wait(store, item_for(store, cfg, orjson.dumps(envs)))
+        peak = max(peak, wal_bytes(cfg.db_path))
+    assert db_rows(cfg.db_path, "SELECT count(*) FROM events")[0][0] == 6_000
+    assert peak <= bound, f"WAL peaked at {peak} bytes"
+
+
 def test_json_columns_are_compressed_once_a_dictionary_is_trained(
     open_store: Callable[..., tuple[EdgeStore, EdgeConfig, EdgeMetrics]],
 ) -> None:
