@@ -286,7 +286,9 @@ def _fast_fields(obj: dict[str, Any]) -> _Fields | None:
         if type(event_id) is not str or len(event_id) != 36:
             return None
         try:
-            eid: bytes | None = UUID(event_id).bytes
+            # uuid_utils parses like pydantic (the Rust uuid crate: hyphens where RFC 9562 puts
+            # them), ~7x faster than uuid.UUID, which also takes hyphens anywhere.
+            eid: bytes | None = uuid_utils.UUID(event_id).bytes
         except ValueError:
             return None
     else:
@@ -466,8 +468,9 @@ def envelope_to_row(
     try:
         payload_json = orjson.dumps(f.data).decode()
         meta_json = orjson.dumps(meta).decode() if meta else None
+        attachments_json = orjson.dumps(f.attachments).decode() if f.attachments else None
     except orjson.JSONEncodeError as exc:  # only reachable from Python callers: JSON input is bounded
-        return reject("invalid_envelope", f"event.data cannot be stored as JSON: {exc}")
+        return reject("invalid_envelope", f"the envelope cannot be stored as JSON: {exc}")
     return EventRow(
         f.event_id if f.event_id is not None else new_event_id(),
         observed_at,
@@ -480,7 +483,7 @@ def envelope_to_row(
         f.severity,
         correlation_id,
         payload_json,
-        orjson.dumps(f.attachments).decode() if f.attachments else None,
+        attachments_json,
         int(f.pii),
         f.retention_class,
         meta_json,

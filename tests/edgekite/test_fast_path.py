@@ -23,7 +23,26 @@ ODD_VALUES: list[Any] = [
     None, True, False, 0, -1, 1.5, 2**70, "", " ", "x", "web", "info", "standard", "1.0",
     "550e8400-e29b-41d4-a716-446655440000", "550E8400E29B41D4A716446655440000", "abc\n", "a/b",
     "2026-11-23T10:00:00Z", "1795400000000", [], [1], {}, {"k": "v"}, "x" * 200,
+    "550e8400e29b-41d4-a716-446655440000-", "{550e8400-e29b-41d4-a716-4466554400}",
 ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "event_id",
+    [
+        "550e8400-e29b-41d4-a716-446655440000",
+        "550E8400-E29B-41D4-A716-446655440000",
+        "550e8400e29b-41d4-a716-446655440000-",  # 36 characters, hyphens out of place
+        "{550e8400-e29b-41d4-a716-4466554400}",  # 36 characters, braces
+        "550e8400-e29b-41d4-a716-44665544000g",
+    ],
+)
+def test_event_id_spellings_agree_between_paths(event_id: str) -> None:
+    env = TrafficGenerator(seed=1).next_event()[1] | {"event_id": event_id}
+    fast, model = both(env)
+    assert type(fast) is type(model), (fast, model)
+    if isinstance(model, EventRow):
+        assert fast[0] == model[0]
 
 
 def paths(obj: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
