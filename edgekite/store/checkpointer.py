@@ -94,5 +94,7 @@ class WalCheckpointer:
             except sqlite3.OperationalError as exc:  # e.g. SQLITE_BUSY against a TRUNCATE: try again later
                 log.debug("background checkpoint skipped: %s", exc)
                 continue
-            self._seconds.inc(time.perf_counter() - t0)
-            self.state = (int(frames), int(copied))
+            state = (int(frames), int(copied))
+            if copied > 0 and state != self.state:  # count the runs that copied something
+                self._seconds.inc(time.perf_counter() - t0)
+            self.state = state
