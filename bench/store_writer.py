@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sqlite3
 import sys
 import tempfile
 import threading
@@ -33,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _common import machine_info, median, print_table, write_results
+from _common import RowCounter, machine_info, median, print_table, write_results
 from http_ingest import make_bodies
 
 from edge_api.ingest_http import decode_body
@@ -97,13 +96,11 @@ def write_all(cfg: EdgeConfig, bodies: list[bytes]) -> dict[str, float]:
 def stored(db: Path) -> int:
     if not db.exists():
         return 0
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    counter = RowCounter(db)
     try:
-        return int(conn.execute("SELECT coalesce(max(rowid), 0) FROM events").fetchone()[0])
-    except sqlite3.Error:
-        return 0
+        return counter.fast()
     finally:
-        conn.close()
+        counter.close()
 
 
 def fill(data_dir: Path, n: int, seed: int) -> None:

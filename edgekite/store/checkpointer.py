@@ -25,11 +25,9 @@ from pathlib import Path
 
 from edgekite.config import StoreSection
 from edgekite.metrics import EdgeMetrics
-from edgekite.store.schema import connect
+from edgekite.store.schema import checkpoint_frames, connect
 
 log = logging.getLogger(__name__)
-
-PAGE_BYTES = 4096
 
 
 class WalCheckpointer:
@@ -49,9 +47,7 @@ class WalCheckpointer:
         self._store = store
         self._interval = interval
         self._finish_lag = finish_lag_frames
-        # Let the WAL hold a quarter of its bound before it is rewound, as the automatic
-        # checkpoint did: a page dirtied by several batches in a row is copied back fewer times.
-        self.rewind_frames = max(100, store.wal_max_bytes // 4 // PAGE_BYTES)
+        self.rewind_frames = checkpoint_frames(store)  # as the automatic checkpoint would
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         # (frames in the WAL, frames copied back) after the last checkpoint; -1 before the first.
@@ -76,6 +72,10 @@ class WalCheckpointer:
         """True when the writer should checkpoint the rest itself, so the WAL can be rewound."""
         frames, copied = self.state
         return frames >= self.rewind_frames and frames - copied <= self._finish_lag
+
+    def finished(self) -> None:
+        """The writer copied the rest: wait for the next run's figures before finishing again."""
+        self.state = (0, 0)
 
     def _run(self, conn: sqlite3.Connection) -> None:
         try:

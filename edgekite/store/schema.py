@@ -184,6 +184,12 @@ class SchemaTooNewError(RuntimeError):
     """The database was written by a newer EdgeKite; refuse rather than corrupt it."""
 
 
+def checkpoint_frames(store: StoreSection) -> int:
+    """WAL frames let in before they are copied back: a quarter of the bound (4 KiB pages), so a
+    page dirtied by several batches in a row is copied back fewer times."""
+    return max(100, store.wal_max_bytes // 4 // 4096)
+
+
 def connect(path: Path, store: StoreSection, *, readonly: bool = False) -> sqlite3.Connection:
     """Open edge.db with the settings every connection needs."""
     if readonly:
@@ -201,8 +207,7 @@ def connect(path: Path, store: StoreSection, *, readonly: bool = False) -> sqlit
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {store.synchronous}")
         conn.execute(f"PRAGMA journal_size_limit = {store.wal_max_bytes // 2}")
-        # Checkpoint automatically at a quarter of the bound (pages are 4 KiB).
-        conn.execute(f"PRAGMA wal_autocheckpoint = {max(100, store.wal_max_bytes // 4 // 4096)}")
+        conn.execute(f"PRAGMA wal_autocheckpoint = {checkpoint_frames(store)}")
         conn.execute("PRAGMA temp_store = MEMORY")
     return conn
 

@@ -521,7 +521,7 @@ class EdgeStore:
             # The background checkpoint has nearly caught up: copy the rest now, so the next
             # transaction rewinds the WAL instead of growing it.
             self._checkpoint_here(conn, truncate=False)
-            ckpt.state = (0, 0)
+            ckpt.finished()
             return
         if size > limit // 2:
             self._checkpoint_here(conn, truncate=False)
