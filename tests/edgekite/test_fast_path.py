@@ -169,3 +169,12 @@ def test_more_attachments_than_allowed_are_refused_by_both_paths() -> None:
         env["attachments"] = [dict(GOOD_ATTACHMENT)] * n
         fast, model = both(env)
         assert isinstance(fast, EventRow) is ok and isinstance(model, EventRow) is ok
+
+
+def test_an_attachment_json_cannot_hold_is_refused_not_raised() -> None:
+    """Only a Python caller can pass an int past 64 bits (orjson reads one as a float)."""
+    env = TrafficGenerator(seed=1).next_event()[1]
+    env["attachments"] = [dict(GOOD_ATTACHMENT, size_bytes=2**70)]
+    for result in both(env):
+        assert isinstance(result, Rejection) and result.code == "invalid_envelope"
+        assert "cannot be stored as JSON" in result.detail
