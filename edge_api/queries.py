@@ -22,6 +22,7 @@ from edgekite.rollups import (
     SKETCH_SOURCES,
     SKETCH_VISITORS,
 )
+from edgekite.store.id_index import ROWID_OF_ID
 from edgekite.store.reads import Reader
 from edgekite.store.rollup_writer import DAY_MS, HOUR_MS, merged_estimate
 from edgekite.store.rows import EVENT_COLUMNS, row_to_event
@@ -120,7 +121,7 @@ def timeline(r: Reader, f: TimelineFilter, limit: int, cursor: list[int] | None)
 
 def event_by_id(r: Reader, event_id: UUID) -> dict[str, Any] | None:
     row = r.conn.execute(
-        f"SELECT {EVENT_COLUMNS} FROM events WHERE event_id = ?", (event_id.bytes,)
+        f"SELECT {EVENT_COLUMNS} FROM events WHERE rowid IN {ROWID_OF_ID}", (event_id.bytes,)
     ).fetchone()
     return None if row is None else row_to_event(row, r.decode)
 

@@ -33,7 +33,7 @@ from edgekite.ingest import (
     message_fingerprint,
 )
 from edgekite.metrics import EdgeMetrics
-from edgekite.store import maintenance
+from edgekite.store import id_index, maintenance
 from edgekite.store.checkpointer import WalCheckpointer
 from edgekite.store.codec import PayloadCodec
 from edgekite.store.queue import BoundedQueue, QueueClosedError
@@ -43,9 +43,9 @@ from edgekite.store.schema import connect, migrate
 log = logging.getLogger(__name__)
 
 _INSERT_EVENT = (
-    "INSERT OR IGNORE INTO events (event_id, observed_at, received_at, source_type, source_id, source_seq, "
+    "INSERT INTO events (rowid, event_id, observed_at, received_at, source_type, source_id, source_seq, "
     "category, type, severity, correlation_id, payload_json, attachments_json, pii, retention_class, "
-    "meta_json, flags) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    "meta_json, flags) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 _UPSERT_SOURCE = (
     "INSERT INTO sources (source_id, source_type, first_seen, last_seen, last_seq, events, last_heartbeat) "
@@ -113,6 +113,7 @@ class EdgeStore:
         self._rollups = RollupWriter(config.rollups)
         self._degraded = False  # retrying a batch without rollups after an unexpected error
         self._rows_written = 0
+        self._merge_next = 0  # the id range the next transaction moves to the big tier
         self._listeners: list[Callable[[list[EventRow]], None]] = []
         self.last_commit_ms: int | None = None
         self.last_error: str | None = None
@@ -305,6 +306,7 @@ class EdgeStore:
                 candidates.extend((i, row) for row in item.decoded.events)
 
             new_rows, seq_updates = self._insert_events(conn, candidates, results)
+            self._merge_ids(conn)
             self._update_rollups(conn, new_rows)
             self._write_dead_letters(conn, batch, now_ms)
             dups = sum(r.duplicates for r in results)
@@ -343,48 +345,39 @@ class EdgeStore:
     def _insert_events(
         self, conn: sqlite3.Connection, candidates: list[tuple[int, EventRow]], results: list[IngestResult]
     ) -> tuple[list[EventRow], dict[str, int]]:
-        """Insert candidates, skipping ids already stored. Fast path: no duplicates at all."""
+        """Insert the candidates whose ids no stored event has (nor an earlier one in the batch)."""
         if not candidates:
             return [], {}
-        rows, seq_updates = self._assign_seqs([row for _, row in candidates])
-        before = conn.total_changes
-        conn.execute("SAVEPOINT events_insert")
-        conn.executemany(_INSERT_EVENT, self._encoded(rows))
-        if conn.total_changes - before == len(rows):
-            conn.execute("RELEASE events_insert")
-            for i, _ in candidates:
-                results[i].accepted += 1
-            return rows, seq_updates
-        # Some ids were replays (or repeated within the batch): redo knowing which.
-        conn.execute("ROLLBACK TO events_insert")
-        conn.execute("RELEASE events_insert")
-        ids = [row.event_id for _, row in candidates]
-        existing: set[bytes] = set()
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            existing.update(
-                r[0] for r in conn.execute(f"SELECT event_id FROM events WHERE event_id IN ({marks})", chunk)
-            )
-        fresh: list[tuple[int, EventRow]] = []
+        seen = id_index.stored_ids(conn, [row.event_id for _, row in candidates])
+        fresh: list[EventRow] = []
         for i, row in candidates:
-            if row.event_id in existing:
+            if row.event_id in seen:
                 results[i].duplicates += 1
             else:
-                existing.add(row.event_id)
-                fresh.append((i, row))
+                seen.add(row.event_id)
+                fresh.append(row)
                 results[i].accepted += 1
-        rows, seq_updates = self._assign_seqs([row for _, row in fresh])
-        conn.executemany(_INSERT_EVENT, self._encoded(rows))
+        rows, seq_updates = self._assign_seqs(fresh)
+        if rows:
+            # Explicit rowids (what SQLite would pick: max + 1) so the id index can name them.
+            (first,) = conn.execute("SELECT coalesce(max(rowid), 0) + 1 FROM events").fetchone()
+            conn.executemany(_INSERT_EVENT, self._encoded(rows, first))
+            id_index.add_recent(conn, ((row.event_id, first + n) for n, row in enumerate(rows)))
         return rows, seq_updates
 
-    def _encoded(self, rows: list[EventRow]) -> list[tuple[Any, ...]]:
-        """Rows as stored: the table's columns, JSON compressed once a dictionary exists."""
+    def _merge_ids(self, conn: sqlite3.Connection) -> None:
+        """Move the next range of recent ids into the big tier (one range per transaction)."""
+        id_index.merge_chunk(conn, self._merge_next)
+        self._merge_next = (self._merge_next + 1) % id_index.MERGE_CHUNKS
+
+    def _encoded(self, rows: list[EventRow], first_rowid: int) -> list[tuple[Any, ...]]:
+        """Rows as stored: rowid, the table's columns, JSON compressed once a dictionary exists."""
         enc = self.codec.encode
         if self.codec.active_dict_id is None:
-            return [r[:STORED_FIELDS] for r in rows]
+            return [(first_rowid + n, *r[:STORED_FIELDS]) for n, r in enumerate(rows)]
         return [
             (
+                first_rowid + n,
                 *r[:10],
                 enc(r.payload_json),
                 enc(r.attachments_json),
@@ -393,7 +386,7 @@ class EdgeStore:
                 enc(r.meta_json),
                 r.flags,
             )
-            for r in rows
+            for n, r in enumerate(rows)
         ]
 
     def _maybe_train(self, conn: sqlite3.Connection, new_rows: int) -> None:

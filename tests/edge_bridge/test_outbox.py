@@ -15,7 +15,7 @@ from edgekite.metrics import EdgeMetrics
 from edgekite.store import EdgeStore
 from edgekite.store.schema import connect
 from tests.conftest import db_rows
-from tests.edgekite.store.test_writer import Clock, envelope, item_for, submit_wait
+from tests.edgekite.store.conftest import Clock, envelope, item_for, submit_wait
 
 HUB = {"hub_url": "http://127.0.0.1:9"}  # sync on; nothing listens (the worker is not started here)
 
