@@ -362,7 +362,7 @@ class EdgeStore:
             # Explicit rowids (what SQLite would pick: max + 1) so the id index can name them.
             (first,) = conn.execute("SELECT coalesce(max(rowid), 0) + 1 FROM events").fetchone()
             conn.executemany(_INSERT_EVENT, self._encoded(rows, first))
-            id_index.add_recent(conn, ((row.event_id, first + n) for n, row in enumerate(rows)))
+            id_index.add_new(conn, ((row.event_id, first + n) for n, row in enumerate(rows)))
         return rows, seq_updates
 
     def _merge_ids(self, conn: sqlite3.Connection) -> None:

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import orjson
 import pytest
+import uuid_utils
 
 from edgekite.config import EdgeConfig
 from edgekite.metrics import EdgeMetrics
 from edgekite.store import EdgeStore
-from edgekite.store.id_index import MERGE_CHUNKS, ROWID_OF_ID, chunk_bounds
+from edgekite.store.id_index import MERGE_CHUNKS, ROWID_OF_ID, chunk_bounds, is_time_ordered
 from edgekite.store.schema import MIGRATIONS, SCHEMA_VERSION, _statements, connect
 from tests.conftest import db_rows
 from tests.edgekite.store.conftest import envelope, item_for, submit_wait
@@ -53,6 +54,32 @@ def test_chunk_ranges_cover_the_id_space_once() -> None:
         assert len(owners) == 1, (key, owners)
     with pytest.raises(ValueError, match="not in"):
         chunk_bounds(MERGE_CHUNKS)
+
+
+def test_only_uuidv7_ids_count_as_time_ordered() -> None:
+    assert is_time_ordered(uuid_utils.uuid7().bytes)
+    assert not is_time_ordered(uuid.uuid4().bytes)
+    assert not is_time_ordered(uuid.uuid1().bytes)
+    assert not is_time_ordered(b"\x00" * 6 + b"\x70")  # too short to be an id
+
+
+def test_time_ordered_ids_skip_the_recent_tier_and_replays_are_still_caught(open_store: OpenStore) -> None:
+    store, cfg, _ = open_store()
+    v7 = [envelope(event_id=str(uuid_utils.uuid7())) for _ in range(30)]
+    v4 = [envelope() for _ in range(30)]
+    assert _send(store, cfg, v7[:15] + v4[:15]) == (30, 0)
+    recent = {r[0] for r in db_rows(cfg.db_path, "SELECT event_id FROM recent_ids")}
+    assert not recent & {uuid.UUID(str(e["event_id"])).bytes for e in v7}
+    assert (
+        len(recent)
+        >= 15
+        - sum(  # the first transaction also moved merge range 0 along
+            1 for e in v4[:15] if uuid.UUID(str(e["event_id"])).bytes < chunk_bounds(1)[0]
+        )
+    )
+    assert _send(store, cfg, v7 + v4) == (30, 30)
+    assert _send(store, cfg, [envelope(), *v7[::3], *v4[::3]]) == (1, 20)
+    assert_tiers_name_exactly_the_events(cfg.db_path)
 
 
 def _send(store: EdgeStore, cfg: EdgeConfig, envs: list[dict[str, object]]) -> tuple[int, int]:
