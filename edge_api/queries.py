@@ -23,6 +23,7 @@ from edgekite.rollups import (
     SKETCH_VISITORS,
 )
 from edgekite.store.id_index import ROWID_OF_ID
+from edgekite.store.in_list import padded_in
 from edgekite.store.reads import Reader
 from edgekite.store.rollup_writer import DAY_MS, HOUR_MS, merged_estimate
 from edgekite.store.rows import EVENT_COLUMNS, row_to_event
@@ -109,11 +110,11 @@ def timeline(r: Reader, f: TimelineFilter, limit: int, cursor: list[int] | None)
         last = None
     found: list[dict[str, Any]] = []
     if hits:
-        marks = ",".join("?" * len(hits))
+        marks, params = padded_in(hits, -1)  # hits <= MAX_LIMIT (500); rowid -1: never a row
         rows = r.conn.execute(
             f"SELECT rowid, {EVENT_COLUMNS} FROM events WHERE rowid IN ({marks}) "
             "ORDER BY observed_at DESC, rowid DESC",
-            hits,
+            params,
         ).fetchall()
         found = [row_to_event(row[1:], r.decode) for row in rows]
     return {"events": found, "next_cursor": last, "scanned": scanned}

@@ -22,11 +22,12 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Sequence
 
+from edgekite.store.in_list import MAX_IN, padded_in
+
 # Ranges the id space is cut into; one is moved per transaction. More ranges: fewer big-tier
 # pages per move, a larger recent tier. Measured on a 1.2M-event store (bench/store_writer.py).
 MERGE_CHUNKS = 64
 
-_LOOKUP_CHUNK = 2000
 
 # The rowid of the event holding ``?1``, from whichever tier has it.
 ROWID_OF_ID = (
@@ -51,13 +52,11 @@ def chunk_bounds(chunk: int, chunks: int = MERGE_CHUNKS) -> tuple[bytes, bytes |
 def stored_ids(conn: sqlite3.Connection, ids: Sequence[bytes]) -> set[bytes]:
     """Those of ``ids`` some stored event already has (in either tier)."""
     found: set[bytes] = set()
-    for start in range(0, len(ids), _LOOKUP_CHUNK):
-        chunk = ids[start : start + _LOOKUP_CHUNK]
-        marks = ",".join("?" * len(chunk))
+    for start in range(0, len(ids), MAX_IN):
+        marks, params = padded_in(ids[start : start + MAX_IN], b"")  # b"": never an id
         for table in ("recent_ids", "event_ids"):
-            found.update(
-                r[0] for r in conn.execute(f"SELECT event_id FROM {table} WHERE event_id IN ({marks})", chunk)
-            )
+            query = f"SELECT event_id FROM {table} WHERE event_id IN ({marks})"
+            found.update(r[0] for r in conn.execute(query, params))
     return found
 
 

@@ -36,6 +36,7 @@ from edgekite.metrics import EdgeMetrics
 from edgekite.store import id_index, maintenance
 from edgekite.store.checkpointer import WalCheckpointer
 from edgekite.store.codec import PayloadCodec
+from edgekite.store.in_list import MAX_IN, padded_in
 from edgekite.store.queue import BoundedQueue, QueueClosedError
 from edgekite.store.rollup_writer import RollupWriter
 from edgekite.store.schema import connect, migrate
@@ -285,11 +286,11 @@ class EdgeStore:
             # Redelivered id-less messages already committed are duplicates as a whole.
             seen_fps: set[bytes] = set()
             fps = [item.fingerprint for item in batch if item.fingerprint is not None and item.redelivery]
-            if fps:
-                marks = ",".join("?" * len(fps))
-                seen_fps = {
-                    r[0] for r in conn.execute(f"SELECT fp FROM fingerprints WHERE fp IN ({marks})", fps)
-                }
+            for start in range(0, len(fps), MAX_IN):
+                marks, params = padded_in(fps[start : start + MAX_IN], b"")
+                seen_fps.update(
+                    r[0] for r in conn.execute(f"SELECT fp FROM fingerprints WHERE fp IN ({marks})", params)
+                )
             for i, item in enumerate(batch):
                 if item.job is not None:
                     try:
