@@ -49,12 +49,13 @@ def chunk_bounds(chunk: int, chunks: int = MERGE_CHUNKS) -> tuple[bytes, bytes |
     return low, high
 
 
-def stored_ids(conn: sqlite3.Connection, ids: Sequence[bytes]) -> set[bytes]:
+def stored_ids(conn: sqlite3.Connection, ids: Sequence[bytes], *, recent_empty: bool = False) -> set[bytes]:
     """Those of ``ids`` some stored event already has (in either tier)."""
+    tables = ("event_ids",) if recent_empty else ("recent_ids", "event_ids")
     found: set[bytes] = set()
     for start in range(0, len(ids), MAX_IN):
         marks, params = padded_in(ids[start : start + MAX_IN], b"")  # b"": never an id
-        for table in ("recent_ids", "event_ids"):
+        for table in tables:
             query = f"SELECT event_id FROM {table} WHERE event_id IN ({marks})"
             found.update(r[0] for r in conn.execute(query, params))
     return found
@@ -65,21 +66,72 @@ def is_time_ordered(event_id: bytes) -> bool:
     return len(event_id) == 16 and event_id[6] >> 4 == 7
 
 
-def add_new(conn: sqlite3.Connection, pairs: Iterable[tuple[bytes, int]]) -> None:
-    """Index new events (``(event_id, rowid)``, ids known not to be stored).
+def add_new(conn: sqlite3.Connection, pairs: Iterable[tuple[bytes, int]], *, all_direct: bool = False) -> int:
+    """Index new events (``(event_id, rowid)``, ids known not to be stored). Returns how many
+    went to the recent tier.
 
     Time-ordered ids go straight to the big tier, where they land on its last few pages
     anyway; a detour through the recent tier would only cost them two more B-tree writes.
-    Random ids go to the recent tier.
+    Random ids go to the recent tier, unless ``all_direct``.
     """
     ordered: list[tuple[bytes, int]] = []
     scattered: list[tuple[bytes, int]] = []
     for pair in pairs:
-        (ordered if is_time_ordered(pair[0]) else scattered).append(pair)
+        (ordered if all_direct or is_time_ordered(pair[0]) else scattered).append(pair)
     if ordered:
         conn.executemany("INSERT INTO event_ids (event_id, rid) VALUES (?, ?)", ordered)
     if scattered:
         conn.executemany("INSERT INTO recent_ids (event_id, rid) VALUES (?, ?)", scattered)
+    return len(scattered)
+
+
+def direct_below(cache_mb: int) -> int:
+    """Events stored below which random ids skip the recent tier: the big tier (~32 B an id
+    with its B-tree overhead) still fits in the writer's page cache."""
+    return cache_mb * 2**20 // 32
+
+
+class TieredIds:
+    """The writer's side of the index: where new ids go, where to look, which range moves next.
+
+    While the store is small enough for the big tier to sit in the page cache, random inserts
+    into it cost no more than into the recent tier, so the detour would be pure overhead (it
+    measured ~10 % of single-envelope MQTT ingest on a fresh store): ids go straight in until
+    ``direct_below`` events are stored. An empty recent tier is not looked in.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, direct_below: int) -> None:
+        self.direct_below = direct_below
+        row = conn.execute("SELECT value FROM counters WHERE name = 'events_stored'").fetchone()
+        self.events = int(row[0]) if row else 0
+        self.recent_rows = self._count_recent(conn)  # an upper bound: deletes lower it unseen
+        self.next_chunk = 0
+
+    @staticmethod
+    def _count_recent(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("SELECT count(*) FROM recent_ids").fetchone()[0])
+
+    def stored(self, conn: sqlite3.Connection, ids: Sequence[bytes]) -> set[bytes]:
+        return stored_ids(conn, ids, recent_empty=self.recent_rows == 0)
+
+    def add(self, conn: sqlite3.Connection, pairs: Sequence[tuple[bytes, int]]) -> None:
+        self.recent_rows += add_new(conn, pairs, all_direct=self.events < self.direct_below)
+        self.events += len(pairs)
+
+    def merge(self, conn: sqlite3.Connection) -> None:
+        """Move the next id range to the big tier (call once per transaction)."""
+        if self.recent_rows == 0:
+            return
+        merge_chunk(conn, self.next_chunk)
+        self.next_chunk = (self.next_chunk + 1) % MERGE_CHUNKS
+        if self.next_chunk == 0:  # a full cycle: recount, so deleted rows stop counting
+            self.recent_rows = self._count_recent(conn)
+
+    def rolled_back(self, conn: sqlite3.Connection) -> None:
+        """The transaction did not commit: what this object counted in it did not happen."""
+        self.recent_rows = self._count_recent(conn)
+        row = conn.execute("SELECT value FROM counters WHERE name = 'events_stored'").fetchone()
+        self.events = int(row[0]) if row else 0
 
 
 def merge_chunk(conn: sqlite3.Connection, chunk: int, chunks: int = MERGE_CHUNKS) -> int:

@@ -114,7 +114,7 @@ class EdgeStore:
         self._rollups = RollupWriter(config.rollups)
         self._degraded = False  # retrying a batch without rollups after an unexpected error
         self._rows_written = 0
-        self._merge_next = 0  # the id range the next transaction moves to the big tier
+        self._ids: id_index.TieredIds | None = None
         self._listeners: list[Callable[[list[EventRow]], None]] = []
         self.last_commit_ms: int | None = None
         self.last_error: str | None = None
@@ -126,6 +126,7 @@ class EdgeStore:
         self._last_seq = dict(conn.execute("SELECT source_id, last_seq FROM sources").fetchall())
         self.codec.load(conn)
         self._rows_written = int(conn.execute("SELECT coalesce(max(rowid), 0) FROM events").fetchone()[0])
+        self._ids = id_index.TieredIds(conn, id_index.direct_below(self._cfg.store.cache_mb))
         self._conn = conn
         if self._cfg.store.background_checkpoint:
             conn.execute("PRAGMA wal_autocheckpoint = 0")
@@ -281,6 +282,8 @@ class EdgeStore:
         t0 = time.perf_counter()
         now_ms = self.now_ms()
         results = [IngestResult(committed=True, rejected=list(item.decoded.rejections)) for item in batch]
+        ids = self._ids
+        assert ids is not None
         conn.execute("BEGIN IMMEDIATE")
         try:
             # Redelivered id-less messages already committed are duplicates as a whole.
@@ -307,7 +310,7 @@ class EdgeStore:
                 candidates.extend((i, row) for row in item.decoded.events)
 
             new_rows, seq_updates = self._insert_events(conn, candidates, results)
-            self._merge_ids(conn)
+            ids.merge(conn)
             self._update_rollups(conn, new_rows)
             self._write_dead_letters(conn, batch, now_ms)
             dups = sum(r.duplicates for r in results)
@@ -330,6 +333,7 @@ class EdgeStore:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             self._rollups.reset()
+            ids.rolled_back(conn)
             raise
         self._last_seq.update(seq_updates)
         self.last_commit_ms = now_ms
@@ -349,7 +353,8 @@ class EdgeStore:
         """Insert the candidates whose ids no stored event has (nor an earlier one in the batch)."""
         if not candidates:
             return [], {}
-        seen = id_index.stored_ids(conn, [row.event_id for _, row in candidates])
+        assert self._ids is not None
+        seen = self._ids.stored(conn, [row.event_id for _, row in candidates])
         fresh: list[EventRow] = []
         for i, row in candidates:
             if row.event_id in seen:
@@ -363,13 +368,8 @@ class EdgeStore:
             # Explicit rowids (what SQLite would pick: max + 1) so the id index can name them.
             (first,) = conn.execute("SELECT coalesce(max(rowid), 0) + 1 FROM events").fetchone()
             conn.executemany(_INSERT_EVENT, self._encoded(rows, first))
-            id_index.add_new(conn, ((row.event_id, first + n) for n, row in enumerate(rows)))
+            self._ids.add(conn, [(row.event_id, first + n) for n, row in enumerate(rows)])
         return rows, seq_updates
-
-    def _merge_ids(self, conn: sqlite3.Connection) -> None:
-        """Move the next range of recent ids into the big tier (one range per transaction)."""
-        id_index.merge_chunk(conn, self._merge_next)
-        self._merge_next = (self._merge_next + 1) % id_index.MERGE_CHUNKS
 
     def _encoded(self, rows: list[EventRow], first_rowid: int) -> list[tuple[Any, ...]]:
         """Rows as stored: rowid, the table's columns, JSON compressed once a dictionary exists."""

@@ -14,13 +14,20 @@ import uuid_utils
 
 from edgekite.config import EdgeConfig
 from edgekite.metrics import EdgeMetrics
-from edgekite.store import EdgeStore
+from edgekite.store import EdgeStore, id_index
 from edgekite.store.id_index import MERGE_CHUNKS, ROWID_OF_ID, chunk_bounds, is_time_ordered
 from edgekite.store.schema import MIGRATIONS, SCHEMA_VERSION, _statements, connect
 from tests.conftest import db_rows
 from tests.edgekite.store.conftest import envelope, item_for, submit_wait
 
 OpenStore = Callable[..., tuple[EdgeStore, EdgeConfig, EdgeMetrics]]
+
+
+@pytest.fixture
+def tiered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Random ids take the recent tier from the first event (in production: once the store has
+    outgrown the page cache, ~131k events at 4 MB), so small tests exercise both tiers."""
+    monkeypatch.setattr(id_index, "direct_below", lambda cache_mb: 0)
 
 
 def tier_sizes(db: Path) -> tuple[int, int]:
@@ -63,7 +70,9 @@ def test_only_uuidv7_ids_count_as_time_ordered() -> None:
     assert not is_time_ordered(b"\x00" * 6 + b"\x70")  # too short to be an id
 
 
-def test_time_ordered_ids_skip_the_recent_tier_and_replays_are_still_caught(open_store: OpenStore) -> None:
+def test_time_ordered_ids_skip_the_recent_tier_and_replays_are_still_caught(
+    open_store: OpenStore, tiered: None
+) -> None:
     store, cfg, _ = open_store()
     v7 = [envelope(event_id=str(uuid_utils.uuid7())) for _ in range(30)]
     v4 = [envelope() for _ in range(30)]
@@ -88,7 +97,9 @@ def _send(store: EdgeStore, cfg: EdgeConfig, envs: list[dict[str, object]]) -> t
     return result.accepted, result.duplicates
 
 
-def test_replays_are_duplicates_in_either_tier_and_after_a_restart(open_store: OpenStore) -> None:
+def test_replays_are_duplicates_in_either_tier_and_after_a_restart(
+    open_store: OpenStore, tiered: None
+) -> None:
     store, cfg, _ = open_store()
     envs = [envelope() for _ in range(40 * (MERGE_CHUNKS + 6))]
     batches = [envs[i : i + 40] for i in range(0, len(envs), 40)]
@@ -116,7 +127,7 @@ def test_replays_are_duplicates_in_either_tier_and_after_a_restart(open_store: O
         assert found[0] == key
 
 
-def test_a_deleted_event_takes_its_id_from_the_index(open_store: OpenStore) -> None:
+def test_a_deleted_event_takes_its_id_from_the_index(open_store: OpenStore, tiered: None) -> None:
     store, cfg, _ = open_store()
     envs = [envelope() for _ in range(400)]
     for i in range(0, 400, 20):
@@ -135,7 +146,7 @@ def test_a_deleted_event_takes_its_id_from_the_index(open_store: OpenStore) -> N
 
 
 def test_a_store_from_before_the_tiers_is_migrated_with_its_rowids(
-    make_config: Callable[..., EdgeConfig],
+    make_config: Callable[..., EdgeConfig], tiered: None
 ) -> None:
     cfg = make_config()
     conn = connect(cfg.db_path, cfg.store)
@@ -164,3 +175,36 @@ def test_a_store_from_before_the_tiers_is_migrated_with_its_rowids(
     assert rows[50][0] == 100 + 2 * 49 + 1, "new rows continue after the old ones"
     assert_tiers_name_exactly_the_events(cfg.db_path)
     assert tier_sizes(cfg.db_path)[1] >= 50
+
+
+def test_a_small_store_indexes_random_ids_directly(open_store: OpenStore) -> None:
+    store, cfg, _ = open_store()
+    envs = [envelope() for _ in range(200)]
+    for i in range(0, 200, 50):
+        assert _send(store, cfg, envs[i : i + 50]) == (50, 0)
+    assert tier_sizes(cfg.db_path) == (0, 200), "below the page cache's size the detour is overhead"
+    assert _send(store, cfg, envs[::7]) == (0, 29)
+
+
+def test_a_rolled_back_move_is_not_taken_for_an_empty_recent_tier(
+    open_store: OpenStore, tiered: None
+) -> None:
+    """The writer skips looking in a recent tier it believes empty; a transaction that moved
+    the last recent ids and then failed must not leave it believing that."""
+    store, cfg, _ = open_store()
+    envs = [envelope() for _ in range(MERGE_CHUNKS * 4)]
+    for env in envs:  # one id per transaction
+        _send(store, cfg, [env])
+    assert tier_sizes(cfg.db_path)[0] > 0
+    ids = store._ids
+    assert ids is not None
+    conn = sqlite3.connect(cfg.db_path, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    for chunk in range(MERGE_CHUNKS):
+        id_index.merge_chunk(conn, chunk)
+    ids.recent_rows = 0  # what a recount inside the failed transaction would have read
+    conn.execute("ROLLBACK")
+    ids.rolled_back(conn)
+    conn.close()
+    assert ids.recent_rows == tier_sizes(cfg.db_path)[0] > 0
+    assert _send(store, cfg, envs) == (0, len(envs))
