@@ -81,6 +81,7 @@ def add_new(conn: sqlite3.Connection, pairs: Iterable[tuple[bytes, int]], *, all
     if ordered:
         conn.executemany("INSERT INTO event_ids (event_id, rid) VALUES (?, ?)", ordered)
     if scattered:
+        scattered.sort()  # in key order: each insert lands next to the one before
         conn.executemany("INSERT INTO recent_ids (event_id, rid) VALUES (?, ?)", scattered)
     return len(scattered)
 
