@@ -49,9 +49,10 @@ def chunk_bounds(chunk: int, chunks: int = MERGE_CHUNKS) -> tuple[bytes, bytes |
     return low, high
 
 
-def stored_ids(conn: sqlite3.Connection, ids: Sequence[bytes], *, recent_empty: bool = False) -> set[bytes]:
-    """Those of ``ids`` some stored event already has (in either tier)."""
-    tables = ("event_ids",) if recent_empty else ("recent_ids", "event_ids")
+def stored_ids(
+    conn: sqlite3.Connection, ids: Sequence[bytes], tables: Sequence[str] = ("recent_ids", "event_ids")
+) -> set[bytes]:
+    """Those of ``ids`` some stored event already has (in the tiers named)."""
     found: set[bytes] = set()
     for start in range(0, len(ids), MAX_IN):
         marks, params = padded_in(ids[start : start + MAX_IN], b"")  # b"": never an id
@@ -66,24 +67,38 @@ def is_time_ordered(event_id: bytes) -> bool:
     return len(event_id) == 16 and event_id[6] >> 4 == 7
 
 
-def add_new(conn: sqlite3.Connection, pairs: Iterable[tuple[bytes, int]], *, all_direct: bool = False) -> int:
-    """Index new events (``(event_id, rowid)``, ids known not to be stored). Returns how many
-    went to the recent tier.
+def split_by_tier(
+    pairs: Iterable[tuple[bytes, int]], *, all_direct: bool = False
+) -> tuple[list[tuple[bytes, int]], list[tuple[bytes, int]]]:
+    """``(event_id, rowid)`` pairs as (for the big tier, for the recent tier).
 
     Time-ordered ids go straight to the big tier, where they land on its last few pages
     anyway; a detour through the recent tier would only cost them two more B-tree writes.
-    Random ids go to the recent tier, unless ``all_direct``.
+    Random ids go to the recent tier (sorted, so each insert lands next to the one before),
+    unless ``all_direct``.
     """
-    ordered: list[tuple[bytes, int]] = []
+    direct: list[tuple[bytes, int]] = []
     scattered: list[tuple[bytes, int]] = []
     for pair in pairs:
-        (ordered if all_direct or is_time_ordered(pair[0]) else scattered).append(pair)
-    if ordered:
-        conn.executemany("INSERT INTO event_ids (event_id, rid) VALUES (?, ?)", ordered)
-    if scattered:
-        scattered.sort()  # in key order: each insert lands next to the one before
-        conn.executemany("INSERT INTO recent_ids (event_id, rid) VALUES (?, ?)", scattered)
-    return len(scattered)
+        (direct if all_direct or is_time_ordered(pair[0]) else scattered).append(pair)
+    scattered.sort()
+    return direct, scattered
+
+
+def _insert(conn: sqlite3.Connection, table: str, pairs: list[tuple[bytes, int]], *, or_ignore: bool) -> int:
+    if not pairs:
+        return 0
+    before = conn.total_changes
+    verb = "INSERT OR IGNORE" if or_ignore else "INSERT"
+    conn.executemany(f"{verb} INTO {table} (event_id, rid) VALUES (?, ?)", pairs)
+    return conn.total_changes - before
+
+
+def add_new(conn: sqlite3.Connection, pairs: Iterable[tuple[bytes, int]], *, all_direct: bool = False) -> int:
+    """Index new events (ids known not to be stored). Returns how many went to the recent tier."""
+    direct, scattered = split_by_tier(pairs, all_direct=all_direct)
+    _insert(conn, "event_ids", direct, or_ignore=False)
+    return _insert(conn, "recent_ids", scattered, or_ignore=False)
 
 
 def direct_below(cache_mb: int) -> int:
@@ -113,7 +128,30 @@ class TieredIds:
         return int(conn.execute("SELECT count(*) FROM recent_ids").fetchone()[0])
 
     def stored(self, conn: sqlite3.Connection, ids: Sequence[bytes]) -> set[bytes]:
-        return stored_ids(conn, ids, recent_empty=self.recent_rows == 0)
+        return stored_ids(conn, ids, ("event_ids",) if self.recent_rows == 0 else ("recent_ids", "event_ids"))
+
+    def add_if_all_new(self, conn: sqlite3.Connection, pairs: Sequence[tuple[bytes, int]]) -> bool:
+        """Index ``pairs`` if none of their ids is stored or repeated; False (with some of them
+        perhaps written: roll back) otherwise.
+
+        The unique keys of the tier each id goes to do that tier's checking as they insert, so
+        only the other tier is looked in: a random id's big tier, a direct id's recent tier
+        (when it has anything).
+        """
+        direct, scattered = split_by_tier(pairs, all_direct=self.events < self.direct_below)
+        if scattered:
+            if stored_ids(conn, [eid for eid, _ in scattered], ("event_ids",)):
+                return False
+            self.recent_rows += len(scattered)  # before the insert: an overcount is harmless
+            if _insert(conn, "recent_ids", scattered, or_ignore=True) != len(scattered):
+                return False
+        if direct:
+            if self.recent_rows and stored_ids(conn, [eid for eid, _ in direct], ("recent_ids",)):
+                return False
+            if _insert(conn, "event_ids", direct, or_ignore=True) != len(direct):
+                return False
+        self.events += len(pairs)
+        return True
 
     def add(self, conn: sqlite3.Connection, pairs: Sequence[tuple[bytes, int]]) -> None:
         self.recent_rows += add_new(conn, pairs, all_direct=self.events < self.direct_below)

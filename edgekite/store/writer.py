@@ -353,8 +353,22 @@ class EdgeStore:
         """Insert the candidates whose ids no stored event has (nor an earlier one in the batch)."""
         if not candidates:
             return [], {}
-        assert self._ids is not None
-        seen = self._ids.stored(conn, [row.event_id for _, row in candidates])
+        ids = self._ids
+        assert ids is not None
+        # Explicit rowids (what SQLite would pick: max + 1) so the id index can name them.
+        (first,) = conn.execute("SELECT coalesce(max(rowid), 0) + 1 FROM events").fetchone()
+        # Fast path, no replays at all: the index's unique keys do the checking.
+        conn.execute("SAVEPOINT events_insert")
+        if ids.add_if_all_new(conn, [(row.event_id, first + n) for n, (_, row) in enumerate(candidates)]):
+            rows, seq_updates = self._assign_seqs([row for _, row in candidates])
+            conn.executemany(_INSERT_EVENT, self._encoded(rows, first))
+            conn.execute("RELEASE events_insert")
+            for i, _ in candidates:
+                results[i].accepted += 1
+            return rows, seq_updates
+        conn.execute("ROLLBACK TO events_insert")
+        conn.execute("RELEASE events_insert")
+        seen = ids.stored(conn, [row.event_id for _, row in candidates])
         fresh: list[EventRow] = []
         for i, row in candidates:
             if row.event_id in seen:
@@ -365,10 +379,8 @@ class EdgeStore:
                 results[i].accepted += 1
         rows, seq_updates = self._assign_seqs(fresh)
         if rows:
-            # Explicit rowids (what SQLite would pick: max + 1) so the id index can name them.
-            (first,) = conn.execute("SELECT coalesce(max(rowid), 0) + 1 FROM events").fetchone()
             conn.executemany(_INSERT_EVENT, self._encoded(rows, first))
-            self._ids.add(conn, [(row.event_id, first + n) for n, row in enumerate(rows)])
+            ids.add(conn, [(row.event_id, first + n) for n, row in enumerate(rows)])
         return rows, seq_updates
 
     def _encoded(self, rows: list[EventRow], first_rowid: int) -> list[tuple[Any, ...]]:

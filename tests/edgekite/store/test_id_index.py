@@ -208,3 +208,18 @@ def test_a_rolled_back_move_is_not_taken_for_an_empty_recent_tier(
     conn.close()
     assert ids.recent_rows == tier_sizes(cfg.db_path)[0] > 0
     assert _send(store, cfg, envs) == (0, len(envs))
+
+
+def test_ids_left_in_the_recent_tier_are_found_once_ids_go_direct_again(
+    open_store: OpenStore, tiered: None
+) -> None:
+    """A store that shrinks back below the page cache (retention, the size cap) sends random
+    ids straight to the big tier again, while older ones still sit in the recent tier."""
+    store, cfg, _ = open_store()
+    envs = [envelope() for _ in range(60)]
+    assert _send(store, cfg, envs) == (60, 0)
+    assert tier_sizes(cfg.db_path)[0] > 0
+    assert store._ids is not None
+    store._ids.direct_below = 10**9
+    assert _send(store, cfg, [envelope(), *envs]) == (1, 60)
+    assert_tiers_name_exactly_the_events(cfg.db_path)
