@@ -25,7 +25,8 @@ from collections.abc import Iterable, Sequence
 from edgekite.store.in_list import MAX_IN, padded_in
 
 # Ranges the id space is cut into; one is moved per transaction. More ranges: fewer big-tier
-# pages per move, a larger recent tier. Measured on a 1.2M-event store (bench/store_writer.py).
+# pages per move, a larger recent tier. Measured on 1.2M rows with bench/sqlite_id_tiers.py
+# (bench/README-issue4.md): 16 clearly slower, 32 and 64 alike, 128 not better in a long run.
 MERGE_CHUNKS = 64
 
 
@@ -38,9 +39,8 @@ ROWID_OF_ID = (
 def chunk_bounds(chunk: int, chunks: int = MERGE_CHUNKS) -> tuple[bytes, bytes | None]:
     """The id range ``[low, high)`` of merge chunk ``chunk`` (``high`` None: to the end).
 
-    Ranges split on the first byte, which is uniform for random ids. Time-ordered ids (v7) all
-    share a few first bytes, so their moves land in one or two ranges: harmless, since their
-    inserts into the big tier are local anyway.
+    Ranges split on the first byte, which is uniform for the random ids this tier holds
+    (time-ordered ids skip it), so each move carries about the same number of ids.
     """
     if not 0 <= chunk < chunks:
         raise ValueError(f"chunk {chunk} not in 0..{chunks - 1}")
@@ -111,9 +111,10 @@ class TieredIds:
     """The writer's side of the index: where new ids go, where to look, which range moves next.
 
     While the store is small enough for the big tier to sit in the page cache, random inserts
-    into it cost no more than into the recent tier, so the detour would be pure overhead (it
-    measured ~10 % of single-envelope MQTT ingest on a fresh store): ids go straight in until
-    ``direct_below`` events are stored. An empty recent tier is not looked in.
+    into it cost no more than into the recent tier, so the detour would be pure overhead (in one
+    pair of runs it took single-envelope MQTT ingest on a fresh store from 0.73 to 0.60 of the
+    bare subscriber's rate): ids go straight in until ``direct_below`` events are stored. An
+    empty recent tier is not looked in.
     """
 
     def __init__(self, conn: sqlite3.Connection, direct_below: int) -> None:
