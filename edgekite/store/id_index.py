@@ -169,9 +169,12 @@ class TieredIds:
 
     def rolled_back(self, conn: sqlite3.Connection) -> None:
         """The transaction did not commit: what this object counted in it did not happen."""
-        self.recent_rows = self._count_recent(conn)
-        row = conn.execute("SELECT value FROM counters WHERE name = 'events_stored'").fetchone()
-        self.events = int(row[0]) if row else 0
+        try:
+            self.recent_rows = self._count_recent(conn)
+            row = conn.execute("SELECT value FROM counters WHERE name = 'events_stored'").fetchone()
+            self.events = int(row[0]) if row else 0
+        except sqlite3.Error:  # the database is failing: keep looking in the recent tier
+            self.recent_rows = max(self.recent_rows, 1)
 
 
 def merge_chunk(conn: sqlite3.Connection, chunk: int, chunks: int = MERGE_CHUNKS) -> int:
