@@ -119,10 +119,14 @@ class TieredIds:
 
     def __init__(self, conn: sqlite3.Connection, direct_below: int) -> None:
         self.direct_below = direct_below
-        row = conn.execute("SELECT value FROM counters WHERE name = 'events_stored'").fetchone()
-        self.events = int(row[0]) if row else 0
+        self.events = self._count_events(conn)
         self.recent_rows = self._count_recent(conn)  # an upper bound: deletes lower it unseen
         self.next_chunk = 0
+
+    @staticmethod
+    def _count_events(conn: sqlite3.Connection) -> int:
+        row = conn.execute("SELECT value FROM counters WHERE name = 'events_stored'").fetchone()
+        return int(row[0]) if row else 0
 
     @staticmethod
     def _count_recent(conn: sqlite3.Connection) -> int:
@@ -171,8 +175,7 @@ class TieredIds:
         """The transaction did not commit: what this object counted in it did not happen."""
         try:
             self.recent_rows = self._count_recent(conn)
-            row = conn.execute("SELECT value FROM counters WHERE name = 'events_stored'").fetchone()
-            self.events = int(row[0]) if row else 0
+            self.events = self._count_events(conn)
         except sqlite3.Error:  # the database is failing: keep looking in the recent tier
             self.recent_rows = max(self.recent_rows, 1)
 

@@ -223,3 +223,18 @@ def test_ids_left_in_the_recent_tier_are_found_once_ids_go_direct_again(
     store._ids.direct_below = 10**9
     assert _send(store, cfg, [envelope(), *envs]) == (1, 60)
     assert_tiers_name_exactly_the_events(cfg.db_path)
+
+
+def test_a_recount_that_fails_after_a_rollback_keeps_the_recent_tier_looked_in(
+    make_config: Callable[..., EdgeConfig],
+) -> None:
+    """A failing database must not leave the writer believing the recent tier is empty."""
+    cfg = make_config()
+    with EdgeStore(cfg, EdgeMetrics()):
+        pass  # create and migrate edge.db
+    conn = connect(cfg.db_path, cfg.store)
+    ids = id_index.TieredIds(conn, direct_below=0)
+    assert ids.recent_rows == 0
+    conn.close()
+    ids.rolled_back(conn)  # every query now raises sqlite3.ProgrammingError
+    assert ids.recent_rows >= 1, "lookups keep including the recent tier"
