@@ -1,11 +1,14 @@
 """Raw SQLite, no EdgeKite code: random UUIDv4 ids inserted into a store that already holds
 N rows, with the id as a unique index of ``events`` (A, the layout before schema 4) or in two
 tiers, a small recent table plus one key range merged into the big one per transaction (B,
-what ``edgekite/store/id_index.py`` does). The prototype behind that design.
+what ``edgekite/store/id_index.py`` does). The prototype behind that design. C (not shipped,
+``KINDS=B,C``) keeps the recent tier in an attached in-memory database with an append-only
+log for durability, to see what the recent tier's page writes cost.
 
     .venv/bin/python bench/sqlite_id_tiers.py [N]      # N = 1,200,000 by default; ~1 min after a
                                                        # one-time fill into /tmp/edgekite-bench-idtiers
     CHUNKS=32 N_RUN=300000 .venv/bin/python bench/sqlite_id_tiers.py
+    KINDS=B,C N_RUN=300000 .venv/bin/python bench/sqlite_id_tiers.py
 
 Same columns, secondary indexes and pragmas as the edge (WAL, synchronous=FULL, 4 MB cache);
 payloads are random bytes. Prints events/s per round and the medians.
@@ -118,7 +121,18 @@ def bounds(k):
     return lo, hi
 
 
-def run_b(c, batches):
+def run_b(c, batches, mem=False):
+    """mem (C): the recent tier lives in an attached in-memory database, made durable by an
+    append-only log keyed by the event's rowid, cut after each full merge cycle."""
+    recent = "recent_ids"
+    if mem:
+        c.execute("CREATE TABLE IF NOT EXISTS recent_log (rid INTEGER PRIMARY KEY, event_id BLOB NOT NULL)")
+        c.execute("ATTACH DATABASE ':memory:' AS mem")
+        c.execute(
+            "CREATE TABLE mem.recent_ids (event_id BLOB PRIMARY KEY, rid INTEGER NOT NULL) WITHOUT ROWID"
+        )
+        recent = "mem.recent_ids"
+    mark = 0
     (nxt,) = c.execute("SELECT coalesce(max(rowid),0)+1 FROM events").fetchone()
     k = 0
     for b in batches:
@@ -131,33 +145,42 @@ def run_b(c, batches):
             dup += c.execute(f"SELECT count(*) FROM event_ids WHERE event_id IN ({m})", ch).fetchone()[0]
         assert dup == 0
         before = c.total_changes
-        c.executemany(
-            "INSERT OR IGNORE INTO recent_ids VALUES (?,?)", [(r[0], nxt + j) for j, r in enumerate(b)]
-        )
+        pairs = sorted((r[0], nxt + j) for j, r in enumerate(b))
+        c.executemany(f"INSERT OR IGNORE INTO {recent} VALUES (?,?)", pairs)
         assert c.total_changes - before == len(b)
+        if mem:
+            c.executemany(
+                "INSERT INTO recent_log (rid, event_id) VALUES (?,?)",
+                [(nxt + j, r[0]) for j, r in enumerate(b)],
+            )
         c.executemany(INS_B, [(nxt + j, *r) for j, r in enumerate(b)])
         nxt += len(b)
         lo, hi = bounds(k)
+        if mem and k == 0:
+            (mark,) = c.execute("SELECT coalesce(max(rid), 0) FROM recent_log").fetchone()
         k = (k + 1) % CHUNKS
         if hi is None:
             c.execute(
-                "INSERT INTO event_ids SELECT event_id, rid FROM recent_ids WHERE event_id >= ? ORDER BY event_id",
+                f"INSERT INTO event_ids SELECT event_id, rid FROM {recent} WHERE event_id >= ? ORDER BY event_id",
                 (lo,),
             )
-            c.execute("DELETE FROM recent_ids WHERE event_id >= ?", (lo,))
+            c.execute(f"DELETE FROM {recent} WHERE event_id >= ?", (lo,))
+            if mem:  # a full cycle: every id logged before it began is in the big tier now
+                c.execute("DELETE FROM recent_log WHERE rid <= ?", (mark,))
         else:
             c.execute(
-                "INSERT INTO event_ids SELECT event_id, rid FROM recent_ids WHERE event_id >= ? AND event_id < ? ORDER BY event_id",
+                f"INSERT INTO event_ids SELECT event_id, rid FROM {recent} WHERE event_id >= ? AND event_id < ? ORDER BY event_id",
                 (lo, hi),
             )
-            c.execute("DELETE FROM recent_ids WHERE event_id >= ? AND event_id < ?", (lo, hi))
+            c.execute(f"DELETE FROM {recent} WHERE event_id >= ? AND event_id < ?", (lo, hi))
         c.execute("COMMIT")
 
 
-res = {"A": [], "B": []}
+KINDS = os.environ.get("KINDS", "A,B").split(",")
+res: dict[str, list[float]] = {k: [] for k in KINDS}
 for rnd in range(3):
-    for kind in ("A", "B"):
-        src = prefill(kind)
+    for kind in KINDS:
+        src = prefill("A" if kind == "A" else "B")
         dst = f"{D}/{kind}-run.db"
         for ext in ("", "-wal", "-shm"):
             if os.path.exists(dst + ext):
@@ -167,7 +190,10 @@ for rnd in range(3):
         rs = rows(N_PRE + 10, N_RUN)
         batches = [rs[i : i + B] for i in range(0, N_RUN, B)]
         t = time.perf_counter()
-        (run_a if kind == "A" else run_b)(c, batches)
+        if kind == "A":
+            run_a(c, batches)
+        else:
+            run_b(c, batches, mem=kind == "C")
         el = time.perf_counter() - t
         c.close()
         res[kind].append(N_RUN / el)
