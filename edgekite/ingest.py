@@ -38,6 +38,7 @@ from edgekite.envelope_rules import (
     attachment_uri_problem,
     parse_timestamp,
 )
+from edgekite.rollups import rollup_facts
 
 if TYPE_CHECKING:  # pydantic is loaded only when an envelope leaves the fast path (see _fast_fields)
     from pydantic import ValidationError
@@ -71,7 +72,9 @@ class EventRow(NamedTuple):
     retention_class: str
     meta_json: str | None
     flags: int
-    data: Any = None  # event.data as parsed, for rollups; not a column (STORED_FIELDS)
+    # rollup_facts() of event.data, for the writer's rollups; None: work them out from
+    # payload_json. Not a column (STORED_FIELDS).
+    facts: tuple[Any, ...] | None = None
 
 
 STORED_FIELDS = 16  # EventRow[:16] is what the events table stores
@@ -409,8 +412,10 @@ def envelope_to_row(
     raw: bytes | None = None,
     fast: bool = True,
     shape_checked: bool = False,
+    with_facts: bool = True,
 ) -> EventRow | Rejection:
-    """Validate one envelope object and turn it into an ``events`` row."""
+    """Validate one envelope object and turn it into an ``events`` row (with the edge's
+    ``rollup_facts`` unless ``with_facts`` is off: the hub keeps no such rollups)."""
 
     def reject(code: str, detail: str) -> Rejection:
         return Rejection(code, detail, index, raw if raw is not None else _dump(obj))
@@ -488,7 +493,7 @@ def envelope_to_row(
         f.retention_class,
         meta_json,
         flags,
-        f.data,
+        rollup_facts(f.category, f.type, f.severity, f.data) if with_facts else None,
     )
 
 

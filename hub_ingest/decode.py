@@ -171,6 +171,7 @@ def decode_events(
             index=i,
             raw=raw,
             shape_checked=shape_cannot_fail(raw, limits),
+            with_facts=False,
         )
         if type(row) is Rejection:
             reject(i, eid, row.code, row.detail, row.raw, obj)
@@ -200,9 +201,10 @@ def decode_events(
             session_id.append(None)
             incident_id.append(None)
         vid, private = 0, None
-        if type(row.data) is dict and "ip" in row.data:  # any category: no raw address is stored
+        ev_data = ev.get("data", {})  # what the row's payload_json holds, as parsed
+        if type(ev_data) is dict and "ip" in ev_data:  # any category: no raw address is stored
             vid, private = visitor_and_private_data(
-                row.data,
+                ev_data,
                 src.get("metadata"),
                 row.source_id,
                 row.observed_at,
@@ -212,7 +214,7 @@ def decode_events(
                 with_visitor=row.category == "web",
             )
         visitor.append(vid)
-        site.append(site_of(row.data, src.get("metadata"), row.source_id))
+        site.append(site_of(ev_data, src.get("metadata"), row.source_id))
         data.append(private if private is not None else row.payload_json)
         attachments.append(row.attachments_json or "[]")
         source_version.append(src.get("version"))

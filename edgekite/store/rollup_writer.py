@@ -10,7 +10,6 @@ from __future__ import annotations
 import sqlite3
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
 
 import orjson
 
@@ -24,12 +23,8 @@ from edgekite.rollups import (
     DIM_REFERRER,
     SKETCH_SOURCES,
     SKETCH_VISITORS,
-    detection_facts,
-    error_key,
     is_detection,
-    page_key,
-    referrer_key,
-    visitor_key,
+    rollup_facts,
 )
 
 HOUR_MS = 3_600_000
@@ -102,7 +97,7 @@ class RollupWriter:
             sketch_updates.setdefault((dim, "h", t // HOUR_MS), set()).add(value)
             sketch_updates.setdefault((dim, "d", t // DAY_MS), set()).add(value)
 
-        detections: list[tuple[EventRow, dict[str, Any]]] = []
+        detections: list[tuple[EventRow, str, float | None]] = []
         for row in rows:
             t = row.observed_at
             hour, day = t // HOUR_MS, t // DAY_MS
@@ -114,26 +109,25 @@ class RollupWriter:
             detection = is_detection(row.category, row.type)
             if not (web_view or alert or detection):
                 continue
-            data = row.data if row.data is not None else orjson.loads(row.payload_json)
-            if not isinstance(data, dict):
+            facts = row.facts
+            if facts is None:  # a row from elsewhere than the decoders: work them out here
+                facts = rollup_facts(row.category, row.type, row.severity, orjson.loads(row.payload_json))
+            if not facts:  # its data is not a JSON object
                 continue
+            page, ref, visitor, err, label, confidence = facts
             if web_view:
-                page = page_key(data)
                 if page is not None:
                     hdims[(DIM_PAGE, hour, page)] += 1
                     ddims[(DIM_PAGE, day, page)] += 1
-                ref = referrer_key(data)
                 hdims[(DIM_REFERRER, hour, ref)] += 1
                 ddims[(DIM_REFERRER, day, ref)] += 1
-                visitor = visitor_key(data)
                 if visitor is not None:
                     sketch(SKETCH_VISITORS, t, visitor)
             if alert:
-                key = error_key(row.type, data)
-                hdims[(DIM_ERROR, hour, key)] += 1
-                ddims[(DIM_ERROR, day, key)] += 1
+                hdims[(DIM_ERROR, hour, err)] += 1
+                ddims[(DIM_ERROR, day, err)] += 1
             if detection:
-                detections.append((row, data))
+                detections.append((row, label, confidence))
 
         conn.executemany(_UPSERT_HOURLY, [(*k, n) for k, n in hourly.items()])
         conn.executemany(_UPSERT_DAILY, [(*k, n) for k, n in daily.items()])
@@ -198,11 +192,10 @@ class RollupWriter:
         return inc
 
     def _write_incidents(
-        self, conn: sqlite3.Connection, detections: list[tuple[EventRow, dict[str, Any]]]
+        self, conn: sqlite3.Connection, detections: list[tuple[EventRow, str, float | None]]
     ) -> None:
         touched: dict[int, _Incident] = {}
-        for row, data in detections:
-            label, confidence = detection_facts(row.type, data)
+        for row, label, confidence in detections:
             t = row.observed_at
             inc = self._open_incident(conn, row.source_id)
             if inc is not None and inc.start - self._gap_ms <= t <= inc.end + self._gap_ms:
