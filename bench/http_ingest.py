@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import start_py_spy, stop_py_spy
+from _common import start_py_spy, stop_py_spy, tree_cpu_by_process
 from edge_panels import (
     REPO,
     EdgeChild,
@@ -126,6 +126,17 @@ def make_bodies(gen: Any, n_events: int, batch: int, ids: str = "v4") -> list[by
         bodies.append(orjson.dumps(envs))
         left -= n
     return bodies
+
+
+def cpu_per_event(
+    before: dict[int, float], after: dict[int, float], edge_pid: int, n: int
+) -> dict[str, float]:
+    """CPU µs per event spent in the edge's own process and in its children (the HTTP decode
+    workers) over one round. Less noisy than events/s on a shared machine: another tenant
+    slows the clock, much less the CPU time each event takes."""
+    spent = {pid: after[pid] - before.get(pid, 0.0) for pid in after}
+    edge = spent.pop(edge_pid, 0.0)
+    return {"edge": edge / n * 1e6, "workers": sum(spent.values()) / n * 1e6}
 
 
 async def post_all(port: int, bodies: list[bytes], concurrency: int, *, check: bool) -> dict[str, Any]:
@@ -319,7 +330,9 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     if spy is not None:
                         time.sleep(1.0)  # let py-spy attach
+                    cpu0 = tree_cpu_by_process(edge.pid)
                     e = asyncio.run(post_all(edge.http_port, bodies, args.concurrency, check=True))
+                    e["cpu_us_per_event"] = cpu_per_event(cpu0, tree_cpu_by_process(edge.pid), edge.pid, n)
                     stop_py_spy(spy)
                     bl = asyncio.run(post_all(baseline.port, bodies, args.concurrency, check=False))
                     total_sent += n
@@ -339,9 +352,11 @@ def main(argv: list[str] | None = None) -> int:
                         if not e["errors"] and e["accepted"] == n
                         else f"  !! accepted {e['accepted']} of {n}, errors {e['errors']}"
                     )
+                    cpu = e["cpu_us_per_event"]
                     print(
                         f"  batch {b:>5}  round {rnd + 1}: edge {e['events_per_sec']:>9,.0f} ev/s "
-                        f"(POST p50 {e['latency_p50_ms']} ms, p95 {e['latency_p95_ms']} ms)  baseline "
+                        f"(POST p50 {e['latency_p50_ms']} ms, p95 {e['latency_p95_ms']} ms; CPU µs/event: "
+                        f"edge {cpu['edge']:.1f}, workers {cpu['workers']:.1f})  baseline "
                         f"{bl['events_per_sec']:>10,.0f} ev/s  ratio {r['ratio']:.1%}{bad}",
                         flush=True,
                     )
@@ -350,6 +365,10 @@ def main(argv: list[str] | None = None) -> int:
                 setting["edge_events_per_sec_median"] = statistics.median(edge_rates)
                 setting["baseline_events_per_sec_median"] = statistics.median(base_rates)
                 setting["ratio_median"] = statistics.median(r["ratio"] for r in setting["rounds"])
+                for part in ("edge", "workers"):
+                    setting[f"cpu_us_per_event_{part}_median"] = statistics.median(
+                        r["edge"]["cpu_us_per_event"][part] for r in setting["rounds"]
+                    )
                 out["settings"].append(setting)
         out["edge_memory"] = mem.summary()
         if args.py_spy:
@@ -375,13 +394,21 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print_table(
-        ["POST batch", "edge ev/s (median)", "baseline ev/s (median)", "edge/baseline", "≥ 20k"],
+        [
+            "POST batch",
+            "edge ev/s (median)",
+            "baseline ev/s (median)",
+            "edge/baseline",
+            "CPU µs/event edge + workers",
+            "≥ 20k",
+        ],
         [
             [
                 s["batch"],
                 f"{s['edge_events_per_sec_median']:,.0f}",
                 f"{s['baseline_events_per_sec_median']:,.0f}",
                 f"{s['ratio_median']:.1%}",
+                f"{s['cpu_us_per_event_edge_median']:.1f} + {s['cpu_us_per_event_workers_median']:.1f}",
                 "ok" if s["edge_events_per_sec_median"] >= 20_000 else "MISS",
             ]
             for s in out["settings"]
