@@ -454,7 +454,7 @@ async def _no_cache_static(request: web.Request, response: web.StreamResponse) -
 async def _lifecycle(app: web.Application) -> Any:
     ctx = app[CTX]
     ctx.reads = ReadPool(ctx.config.db_path, ctx.config.store)
-    ctx.decoder = HttpDecoder(ctx.config)
+    ctx.decoder = HttpDecoder(ctx.config, dict_id=lambda: ctx.store.codec.active_dict_id)
     ctx.stream = EventStream(asyncio.get_running_loop(), ctx.config.http.max_sse_clients)
     ctx.store.add_listener(ctx.stream.on_commit)
     ctx.process.cpu_percent(interval=None)  # prime: the first reading is otherwise 0

@@ -75,6 +75,9 @@ class EventRow(NamedTuple):
     # rollup_facts() of event.data, for the writer's rollups; None: work them out from
     # payload_json. Not a column (STORED_FIELDS).
     facts: tuple[Any, ...] | None = None
+    # (payload_json, attachments_json, meta_json) already in their stored form (zstd with a
+    # dictionary of edge.db), encoded by the HTTP decode worker; None: the writer encodes them.
+    stored: tuple[Any, Any, Any] | None = None
 
 
 STORED_FIELDS = 16  # EventRow[:16] is what the events table stores

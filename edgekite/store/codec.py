@@ -43,11 +43,16 @@ class PayloadCodec:
     def active_dict_id(self) -> int | None:
         return self._dict_id
 
-    def load(self, conn: sqlite3.Connection) -> None:
-        """Take the dictionaries stored in ``zstd_dicts``; the newest one compresses."""
+    def load(self, conn: sqlite3.Connection, *, keep: bool = True) -> None:
+        """Take the dictionaries stored in ``zstd_dicts``; the newest one compresses. ``keep``:
+        look up dictionaries trained later on ``conn`` (it must stay open)."""
         for dict_id, data in conn.execute("SELECT id, dict FROM zstd_dicts ORDER BY id"):
             self._install(int(dict_id), bytes(data))
-        self._conn_for_lookup = conn
+        if keep:
+            self._conn_for_lookup = conn
+
+    def holds(self, dict_id: int) -> bool:
+        return dict_id in self._decompressors
 
     def _install(self, dict_id: int, data: bytes) -> None:
         d = zstandard.ZstdCompressionDict(data)

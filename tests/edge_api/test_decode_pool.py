@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -30,9 +31,9 @@ def envelope(n: int, **extra: Any) -> dict[str, Any]:
     }
 
 
-def mixed_batch() -> bytes:
+def mixed_batch(first: int = 0) -> bytes:
     """300 envelopes, some of them refused for different reasons, in a body well over 32 KiB."""
-    objs: list[Any] = [envelope(n) for n in range(300)]
+    objs: list[Any] = [envelope(first + n) for n in range(300)]
     objs[7] = {"source": {"type": "browser", "id": "x"}, "event": {"category": "nope", "type": "a"}}
     objs[42] = "not an envelope"
     objs[99] = {**envelope(99), "attachments": [{"kind": "thumb", "uri": "data:image/png;base64,AAAA"}]}
@@ -128,3 +129,65 @@ def test_workers_leave_when_the_edge_is_killed(tmp_path: Any) -> None:
     edge.kill9()
     _gone, alive = psutil.wait_procs(workers, timeout=5)
     assert not alive, "decode workers outlived the edge"
+
+
+def test_with_the_edges_dictionary_the_worker_sends_the_json_columns_encoded_and_they_store_as_sent(
+    make_config: Callable[..., EdgeConfig],
+) -> None:
+    from edgekite.ingest import Decoded
+    from edgekite.metrics import EdgeMetrics
+    from edgekite.store import EdgeStore, WriteItem
+    from edgekite.store.codec import PayloadCodec
+    from tests.conftest import db_rows
+    from tests.edgekite.store.conftest import submit_wait
+
+    cfg = make_config(
+        store={"compress_train_events": 500}, http={"decode_workers": 1, "decode_process_min_bytes": 1024}
+    )
+    store = EdgeStore(cfg, EdgeMetrics()).open()
+    worker = HttpDecoder(cfg, dict_id=lambda: store.codec.active_dict_id)
+    unknown = HttpDecoder(cfg, dict_id=lambda: 9)
+    try:
+        for start in (0, 300, 600):  # enough of the edge's own events to train its dictionary
+            _, d = decode(HttpDecoder(make_config(http={"decode_workers": 0})), mixed_batch(start))
+            submit_wait(store, WriteItem(d, "http", None, size=1))
+        assert store.codec.active_dict_id == 1
+
+        _, decoded = decode(worker, mixed_batch(900))
+        assert worker.worker_running
+        codec = PayloadCodec()
+        conn = sqlite3.connect(cfg.db_path)
+        codec.load(conn, keep=False)
+        conn.close()
+        for row in decoded.events:
+            assert row.stored is not None
+            payload, attachments, meta = row.stored
+            assert (codec.decode(payload), codec.decode(attachments), codec.decode(meta)) == (
+                row.payload_json,
+                row.attachments_json,
+                row.meta_json,
+            )
+        compressed = [r.stored[0] for r in decoded.events if r.stored and type(r.stored[0]) is bytes]
+        assert len(compressed) > 250 and all(p[0] == 1 for p in compressed), "dictionary 1's frames"
+        # A dictionary edge.db does not hold: the rows come as text, for the writer to encode.
+        _, plain = decode(unknown, mixed_batch(900))
+        assert all(r.stored is None for r in plain.events)
+
+        result = submit_wait(store, WriteItem(Decoded(decoded.events, [], False), "http", None, size=1))
+        assert result.accepted == 297
+        ids = tuple(r.event_id for r in decoded.events)
+        back = db_rows(
+            cfg.db_path,
+            f"SELECT event_id, typeof(payload_json), ek_json(payload_json), ek_json(meta_json) FROM events "
+            f"WHERE event_id IN ({','.join('?' * len(ids))})",
+            ids,
+        )
+        by_id = {r.event_id: r for r in decoded.events}
+        assert len(back) == 297
+        for eid, _, payload, meta in back:
+            assert (payload, meta) == (by_id[eid].payload_json, by_id[eid].meta_json)
+        assert {kind for _, kind, _, _ in back} == {"blob"}
+    finally:
+        worker.close()
+        unknown.close()
+        store.close()

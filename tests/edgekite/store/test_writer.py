@@ -373,3 +373,26 @@ def test_a_bug_in_rollups_costs_neither_the_events_nor_the_writer(
     assert (after.committed, after.accepted) == (True, 3), "the writer is still alive"
     assert db_rows(cfg.db_path, "SELECT count(*) FROM events")[0][0] == 8
     assert db_rows(cfg.db_path, "SELECT sum(count) FROM hourly_counts")[0][0] == 3, "only the healthy batch"
+
+
+def test_a_row_that_comes_encoded_is_stored_as_it_came(
+    open_store: Callable[..., tuple[EdgeStore, EdgeConfig, EdgeMetrics]],
+) -> None:
+    """The HTTP decode worker compresses the JSON columns itself; the writer must not redo it."""
+    store, cfg, _ = open_store(store={"compress_train_events": 500})
+    for i in range(6):
+        envs = [
+            envelope(event={"category": "web", "type": "page_view", "data": {"url": f"/{i}/{j}"}})
+            for j in range(100)
+        ]
+        submit_wait(store, item_for(store, cfg, orjson.dumps(envs)))
+    assert store.codec.active_dict_id is not None
+    item = item_for(store, cfg, orjson.dumps(envelope()))
+    row = item.decoded.events[0]
+    given = store.codec.encode('{"as":"encoded by the worker","pad":"' + "x" * 60 + '"}')
+    item.decoded.events[0] = row._replace(stored=(given, None, '{"m":1}'))
+    assert submit_wait(store, item).accepted == 1
+    ((payload, meta),) = db_rows(
+        cfg.db_path, "SELECT payload_json, meta_json FROM events WHERE event_id = ?", (row.event_id,)
+    )
+    assert (payload, meta) == (given, '{"m":1}')
