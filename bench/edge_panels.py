@@ -523,8 +523,8 @@ def _q(path: str, **params: Any) -> str:
 
 def pick_words(db: Path, sample: int = 20_000) -> tuple[str, float, str, list[dict[str, Any]]]:
     """A word present in ~1 % of recent events (as `q` matches: type, source, payload) and an absent one."""
+    from edgekite.codec import PayloadCodec
     from edgekite.simulate import APP_ERRORS, BRUTE_FORCE_USERS, LOGIN_USERS, OPS_ERRORS, PAGES
-    from edgekite.store.codec import PayloadCodec
 
     candidates: set[str] = set()
     for _, code, _ in (*OPS_ERRORS, *APP_ERRORS):

@@ -563,7 +563,7 @@ def verify_hub_storage(hub_dir: Path, edge_id: str) -> dict[str, Any]:
 # -- profile ------------------------------------------------------------------------------
 # (category, thread hint, frame substrings): the innermost frame matching a rule names the step.
 PROFILE_RULES: list[tuple[str, tuple[str, ...]]] = [
-    ("payload columns: zstd-dict decode (Reader.decode)", ("decode (/", "store/reads.py", "store/codec.py")),
+    ("payload columns: zstd-dict decode (Reader.decode)", ("decode (/", "store/reads.py", "edgekite/codec.py")),
     ("read rows: SELECT ... fetchall (outbox.read_rows)", ("read_rows (",)),
     ("envelope_json (dict build + orjson.dumps)", ("envelope_json (",)),
     ("form_batch loop", ("form_batch (", "rebuild_batch (")),

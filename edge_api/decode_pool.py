@@ -31,9 +31,9 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from edge_api.ingest_http import BodyError, decode_body
+from edgekite.codec import PayloadCodec
 from edgekite.config import EdgeConfig
 from edgekite.ingest import STORED_FIELDS, Decoded, EventRow, Rejection
-from edgekite.store.codec import PayloadCodec
 
 log = logging.getLogger(__name__)
 

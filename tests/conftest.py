@@ -120,7 +120,7 @@ def make_config(tmp_path: Path) -> Callable[..., EdgeConfig]:
 
 def db_rows(db_path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     """Read edge.db on a separate connection, as a dashboard would (``ek_json()`` available)."""
-    from edgekite.store.codec import PayloadCodec
+    from edgekite.codec import PayloadCodec
 
     conn = sqlite3.connect(db_path, timeout=10)
     try:

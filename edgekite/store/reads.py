@@ -15,8 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from edgekite.codec import PayloadCodec
 from edgekite.config import StoreSection
-from edgekite.store.codec import PayloadCodec
 from edgekite.store.schema import connect
 
 T = TypeVar("T")

@@ -23,6 +23,7 @@ from typing import Any
 
 import zstandard
 
+from edgekite.codec import PayloadCodec
 from edgekite.config import EdgeConfig
 from edgekite.ingest import (
     FLAG_SKEW_FUTURE,
@@ -36,7 +37,6 @@ from edgekite.ingest import (
 from edgekite.metrics import EdgeMetrics
 from edgekite.store import id_index, maintenance
 from edgekite.store.checkpointer import WalCheckpointer
-from edgekite.store.codec import PayloadCodec
 from edgekite.store.in_list import MAX_IN, padded_in
 from edgekite.store.queue import BoundedQueue, QueueClosedError
 from edgekite.store.rollup_writer import RollupWriter

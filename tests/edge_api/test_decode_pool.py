@@ -134,10 +134,10 @@ def test_workers_leave_when_the_edge_is_killed(tmp_path: Any) -> None:
 def test_with_the_edges_dictionary_the_worker_sends_the_json_columns_encoded_and_they_store_as_sent(
     make_config: Callable[..., EdgeConfig],
 ) -> None:
+    from edgekite.codec import PayloadCodec
     from edgekite.ingest import Decoded
     from edgekite.metrics import EdgeMetrics
     from edgekite.store import EdgeStore, WriteItem
-    from edgekite.store.codec import PayloadCodec
     from tests.conftest import db_rows
     from tests.edgekite.store.conftest import submit_wait
 

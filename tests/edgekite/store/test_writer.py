@@ -348,7 +348,7 @@ def test_json_columns_are_compressed_once_a_dictionary_is_trained(
 
 
 def test_a_payload_naming_an_unknown_dictionary_is_a_clear_error() -> None:
-    from edgekite.store.codec import PayloadCodec, UnknownDictionaryError
+    from edgekite.codec import PayloadCodec, UnknownDictionaryError
 
     with pytest.raises(UnknownDictionaryError):
         PayloadCodec().decode(bytes((9,)) + b"\x28\xb5\x2f\xfd")
