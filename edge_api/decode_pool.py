@@ -77,9 +77,9 @@ def _worker_encoder(dict_id: int) -> Callable[[str | None], str | bytes | None] 
                 "the decode worker cannot read zstd dictionary %d (%s); the writer encodes", dict_id, exc
             )
             return None
+        _worker_unreadable.discard(dict_id)  # it could be read: ask again next time if absent
         if not codec.holds(dict_id):
             return None
-        _worker_unreadable.discard(dict_id)
         _worker_codec[:] = [codec]
     return codec.encode
 

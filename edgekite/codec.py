@@ -68,8 +68,12 @@ class PayloadCodec:
                     write_dict_id=False,
                 )
 
-    def train(self, conn: sqlite3.Connection, samples: Sequence[bytes], now_ms: int) -> int:
-        """Train a dictionary from recent payloads and store it (inside the caller's transaction)."""
+    def train(self, conn: sqlite3.Connection, samples: Sequence[bytes], now_ms: int) -> tuple[int, bytes]:
+        """Train a dictionary from recent payloads and store it (inside the caller's transaction).
+
+        Not used until ``install``: only once the transaction has committed may a row name it
+        (a rolled-back dictionary would leave rows nobody can read), and the HTTP decode worker,
+        told the active id, reads it from edge.db."""
         data = zstandard.train_dictionary(DICT_BYTES, list(samples), level=LEVEL, f=TRAIN_F).as_bytes()
         (next_id,) = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM zstd_dicts").fetchone()
         if next_id > 255:
@@ -78,8 +82,11 @@ class PayloadCodec:
             "INSERT INTO zstd_dicts (id, dict, trained_at, samples) VALUES (?,?,?,?)",
             (next_id, data, now_ms, len(samples)),
         )
-        self._install(int(next_id), data)
-        return int(next_id)
+        return int(next_id), data
+
+    def install(self, dict_id: int, data: bytes) -> None:
+        """Use a dictionary that edge.db holds (committed): the newest compresses from now on."""
+        self._install(dict_id, data)
 
     def encode(self, text: str | None) -> str | bytes | None:
         """The stored form of one JSON column value."""

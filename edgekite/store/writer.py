@@ -417,8 +417,9 @@ class EdgeStore:
             samples.extend(v.encode() for v in (payload, attachments, meta) if isinstance(v, str) and v)
         try:
             conn.execute("BEGIN IMMEDIATE")
-            dict_id = self.codec.train(conn, samples, self.now_ms())
+            dict_id, data = self.codec.train(conn, samples, self.now_ms())
             conn.execute("COMMIT")
+            self.codec.install(dict_id, data)
         except (zstandard.ZstdError, ValueError, sqlite3.Error) as exc:  # too few/uniform samples: later
             if conn.in_transaction:
                 conn.execute("ROLLBACK")

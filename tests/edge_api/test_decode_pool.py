@@ -191,3 +191,27 @@ def test_with_the_edges_dictionary_the_worker_sends_the_json_columns_encoded_and
         worker.close()
         unknown.close()
         store.close()
+
+
+def test_a_dictionary_named_before_the_worker_can_read_it_is_looked_for_again(
+    make_config: Callable[..., EdgeConfig],
+) -> None:
+    from edgekite.codec import PayloadCodec
+    from edgekite.metrics import EdgeMetrics
+    from edgekite.store import EdgeStore
+
+    cfg = make_config(http={"decode_workers": 1, "decode_process_min_bytes": 1024})
+    EdgeStore(cfg, EdgeMetrics()).open().close()  # the schema, no dictionary yet
+    worker = HttpDecoder(cfg, dict_id=lambda: 1)
+    try:
+        _, before = decode(worker, mixed_batch())
+        assert all(r.stored is None for r in before.events), "text, for the writer to encode"
+        conn = sqlite3.connect(cfg.db_path)
+        samples = [orjson.dumps(envelope(n)["event"]) for n in range(2000)]
+        with conn:
+            PayloadCodec().train(conn, samples, RECEIVED_AT)
+        conn.close()
+        _, after = decode(worker, mixed_batch())
+        assert all(r.stored is not None for r in after.events), "found once edge.db holds it"
+    finally:
+        worker.close()

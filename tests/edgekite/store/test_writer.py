@@ -396,3 +396,27 @@ def test_a_row_that_comes_encoded_is_stored_as_it_came(
         cfg.db_path, "SELECT payload_json, meta_json FROM events WHERE event_id = ?", (row.event_id,)
     )
     assert (payload, meta) == (given, '{"m":1}')
+
+
+def test_a_dictionary_is_used_only_once_its_transaction_has_committed() -> None:
+    """Rows naming a dictionary that a rollback took away could never be read again."""
+    import sqlite3
+
+    from edgekite.codec import PayloadCodec
+    from edgekite.store.schema import MIGRATIONS
+
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    conn.executescript(MIGRATIONS[0])
+    samples = [orjson.dumps({"url": f"/p/{i}", "ua": "Mozilla/5.0 " * 4, "n": i}) for i in range(2000)]
+    codec = PayloadCodec()
+    text = orjson.dumps({"url": "/p/1", "ua": "Mozilla/5.0 " * 4, "n": 1}).decode()
+    conn.execute("BEGIN")
+    codec.train(conn, samples, 0)
+    conn.execute("ROLLBACK")
+    assert codec.active_dict_id is None and codec.encode(text) == text
+    conn.execute("BEGIN")
+    dict_id, data = codec.train(conn, samples, 0)
+    conn.execute("COMMIT")
+    codec.install(dict_id, data)
+    assert codec.active_dict_id == dict_id == 1
+    assert codec.decode(codec.encode(text)) == text != codec.encode(text)
