@@ -64,7 +64,6 @@ def _worker_encoder(dict_id: int) -> Callable[[str | None], str | bytes | None] 
     if codec is None or not codec.holds(dict_id):
         if dict_id in _worker_unreadable:
             return None
-        _worker_unreadable.add(dict_id)
         codec = PayloadCodec()
         try:
             conn = sqlite3.connect(f"file:{_worker_config[0].db_path}?mode=ro", uri=True, timeout=5)
@@ -73,12 +72,12 @@ def _worker_encoder(dict_id: int) -> Callable[[str | None], str | bytes | None] 
             finally:
                 conn.close()
         except sqlite3.Error as exc:
+            _worker_unreadable.add(dict_id)
             log.warning(
                 "the decode worker cannot read zstd dictionary %d (%s); the writer encodes", dict_id, exc
             )
             return None
-        _worker_unreadable.discard(dict_id)  # it could be read: ask again next time if absent
-        if not codec.holds(dict_id):
+        if not codec.holds(dict_id):  # not committed yet: looked for again with the next body
             return None
         _worker_codec[:] = [codec]
     return codec.encode

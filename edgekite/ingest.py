@@ -77,7 +77,7 @@ class EventRow(NamedTuple):
     facts: tuple[Any, ...] | None = None
     # (payload_json, attachments_json, meta_json) already in their stored form (zstd with a
     # dictionary of edge.db), encoded by the HTTP decode worker; None: the writer encodes them.
-    stored: tuple[Any, Any, Any] | None = None
+    encoded_json: tuple[Any, Any, Any] | None = None
 
 
 STORED_FIELDS = 16  # EventRow[:16] is what the events table stores

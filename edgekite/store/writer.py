@@ -389,12 +389,12 @@ class EdgeStore:
         enc = self.codec.encode
         if self.codec.active_dict_id is None:
             return [(first_rowid + n, *r[:STORED_FIELDS]) for n, r in enumerate(rows)]
-        # Rows from the HTTP decode worker come encoded already (``EventRow.stored``): any
+        # Rows from the HTTP decode worker come encoded already (``EventRow.encoded_json``): any
         # dictionary in edge.db is a valid stored form, whichever is newest.
         return [
             (first_rowid + n, *r[:10], s[0], s[1], r.pii, r.retention_class, s[2], r.flags)
             for n, r in enumerate(rows)
-            for s in (r.stored or (enc(r.payload_json), enc(r.attachments_json), enc(r.meta_json)),)
+            for s in (r.encoded_json or (enc(r.payload_json), enc(r.attachments_json), enc(r.meta_json)),)
         ]
 
     def _maybe_train(self, conn: sqlite3.Connection, new_rows: int) -> None:

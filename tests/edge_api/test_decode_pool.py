@@ -160,18 +160,20 @@ def test_with_the_edges_dictionary_the_worker_sends_the_json_columns_encoded_and
         codec.load(conn, keep=False)
         conn.close()
         for row in decoded.events:
-            assert row.stored is not None
-            payload, attachments, meta = row.stored
+            assert row.encoded_json is not None
+            payload, attachments, meta = row.encoded_json
             assert (codec.decode(payload), codec.decode(attachments), codec.decode(meta)) == (
                 row.payload_json,
                 row.attachments_json,
                 row.meta_json,
             )
-        compressed = [r.stored[0] for r in decoded.events if r.stored and type(r.stored[0]) is bytes]
+        compressed = [
+            r.encoded_json[0] for r in decoded.events if r.encoded_json and type(r.encoded_json[0]) is bytes
+        ]
         assert len(compressed) > 250 and all(p[0] == 1 for p in compressed), "dictionary 1's frames"
         # A dictionary edge.db does not hold: the rows come as text, for the writer to encode.
         _, plain = decode(unknown, mixed_batch(900))
-        assert all(r.stored is None for r in plain.events)
+        assert all(r.encoded_json is None for r in plain.events)
 
         result = submit_wait(store, WriteItem(Decoded(decoded.events, [], False), "http", None, size=1))
         assert result.accepted == 297
@@ -205,13 +207,13 @@ def test_a_dictionary_named_before_the_worker_can_read_it_is_looked_for_again(
     worker = HttpDecoder(cfg, dict_id=lambda: 1)
     try:
         _, before = decode(worker, mixed_batch())
-        assert all(r.stored is None for r in before.events), "text, for the writer to encode"
+        assert all(r.encoded_json is None for r in before.events), "text, for the writer to encode"
         conn = sqlite3.connect(cfg.db_path)
         samples = [orjson.dumps(envelope(n)["event"]) for n in range(2000)]
         with conn:
             PayloadCodec().train(conn, samples, RECEIVED_AT)
         conn.close()
         _, after = decode(worker, mixed_batch())
-        assert all(r.stored is not None for r in after.events), "found once edge.db holds it"
+        assert all(r.encoded_json is not None for r in after.events), "found once edge.db holds it"
     finally:
         worker.close()

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from edgekite.config import EdgeConfig
-from edgekite.ingest import EventRow, decode_message
+from edgekite.ingest import Decoded, EventRow, decode_message
 from edgekite.metrics import EdgeMetrics
 from edgekite.rollups import NO_FACTS, rollup_facts
 from edgekite.simulate import TrafficGenerator
@@ -75,8 +75,6 @@ def _decoded_mix(cfg: EdgeConfig, count: int) -> list[list[EventRow]]:
 
 
 def _store_rows(store: EdgeStore, batches: list[list[EventRow]]) -> None:
-    from edgekite.ingest import Decoded
-
     for rows in batches:
         result = submit_wait(store, WriteItem(Decoded(rows, [], False), "mqtt", None, size=1000))
         assert result.committed and result.accepted == len(rows)

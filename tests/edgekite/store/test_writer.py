@@ -390,7 +390,7 @@ def test_a_row_that_comes_encoded_is_stored_as_it_came(
     item = item_for(store, cfg, orjson.dumps(envelope()))
     row = item.decoded.events[0]
     given = store.codec.encode('{"as":"encoded by the worker","pad":"' + "x" * 60 + '"}')
-    item.decoded.events[0] = row._replace(stored=(given, None, '{"m":1}'))
+    item.decoded.events[0] = row._replace(encoded_json=(given, None, '{"m":1}'))
     assert submit_wait(store, item).accepted == 1
     ((payload, meta),) = db_rows(
         cfg.db_path, "SELECT payload_json, meta_json FROM events WHERE event_id = ?", (row.event_id,)
