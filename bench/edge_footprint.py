@@ -6,7 +6,10 @@ broker on a free --mqtt-port) and ``mosquitto`` (--mqtt-url to a throwaway Mosqu
 
   (a) start-to-ready   wall time from spawning ``.venv/bin/edgekite edge`` to its "ready" line
                        (interpreter start included), median of --starts, fresh data dir each time
-  (b) idle memory      RSS, USS and PSS (psutil memory_full_info) --idle-wait s after ready
+  (b) idle memory      RSS, USS and PSS (psutil memory_full_info) --idle-wait s after ready, and
+                       "each page once": the tree's resident pages with a page shared by the edge
+                       and its bridge child counted once (their libpython, libcrypto, libc...),
+                       read from /proc/PID/pagemap (needs root; "-" otherwise)
   (c) memory under load  peak RSS sampled every 100 ms while --load-events simulator events are
                        published with ingest_mqtt.py's publishers (Mosquitto; --embedded-load also
                        pushes the same load through the embedded broker)
@@ -48,6 +51,7 @@ from _common import (
     process_tree,
     publish,
     tempdir,
+    tree_distinct_rss,
     tree_rss,
     write_load,
     write_results,
@@ -57,6 +61,10 @@ TARGET_READY_S = 1.0
 TARGET_RSS_MB = 80.0
 TARGET_BYTES_PER_EVENT = 400.0
 MB = 2**20
+
+
+def _mb(nbytes: int | None) -> float | None:
+    return None if nbytes is None else nbytes / MB
 
 
 def memory(pid: int) -> dict[str, Any]:
@@ -99,13 +107,14 @@ def measure_starts(work: Path, mode: str, args: argparse.Namespace) -> dict[str,
                 rec: dict[str, Any] = {"ready_wall_s": edge.ready_wall_s, "ready_own_s": edge.ready_own_s}
                 time.sleep(args.idle_wait)
                 rec["idle"] = memory(edge.pid)
+                rec["idle"]["distinct_mb"] = _mb(tree_distinct_rss(edge.pid))
                 starts.append(rec)
             finally:
                 edge.stop()
             print(
                 f"  {mode} start {i + 1}: ready {rec['ready_wall_s']:.2f} s (edge says {rec['ready_own_s']:.2f} s), "
                 f"idle RSS {rec['idle']['rss_mb']:.1f} MB, USS {rec['idle']['uss_mb']:.1f} MB, "
-                f"PSS {rec['idle']['pss_mb']:.1f} MB",
+                f"PSS {rec['idle']['pss_mb']:.1f} MB, each page once {fmt(rec['idle']['distinct_mb'], '.1f')} MB",
                 flush=True,
             )
     return {
@@ -115,6 +124,7 @@ def measure_starts(work: Path, mode: str, args: argparse.Namespace) -> dict[str,
         "idle_rss_mb_median": median([s["idle"]["rss_mb"] for s in starts]),
         "idle_uss_mb_median": median([s["idle"]["uss_mb"] for s in starts]),
         "idle_pss_mb_median": median([s["idle"]["pss_mb"] for s in starts]),
+        "idle_distinct_mb_median": median([s["idle"]["distinct_mb"] for s in starts]),
     }
 
 
@@ -134,7 +144,9 @@ def ingest(
             assert port
             probes = probe_until_stored(port, counter, edge)
             before = memory(edge.pid)
+            before["distinct_mb"] = _mb(tree_distinct_rss(edge.pid))
             samples: list[tuple[float, float]] = []
+            peak_distinct = before["distinct_mb"]
             peak_full = dict(before)
             target = load.events + 1
             run = publish(port, load, args.max_inflight, tag)
@@ -143,7 +155,13 @@ def ingest(
             timed_out = False
             while True:
                 now = time.monotonic()
-                samples.append((now - t0, tree_rss(edge.pid) / MB))
+                rss_now = tree_rss(edge.pid) / MB
+                if rss_now >= max((r for _, r in samples), default=0.0):
+                    # pagemap costs ~25 ms: read it at each new RSS high only
+                    distinct = _mb(tree_distinct_rss(edge.pid))
+                    if distinct is not None:
+                        peak_distinct = max(peak_distinct or 0.0, distinct)
+                samples.append((now - t0, rss_now))
                 if now >= next_full:  # smaps is costlier: USS/PSS once a second
                     next_full = now + 1.0
                     with contextlib.suppress(psutil.Error):
@@ -161,6 +179,7 @@ def ingest(
             run.poll_done()
             time.sleep(args.idle_wait)
             settled = memory(edge.pid)
+            settled["distinct_mb"] = _mb(tree_distinct_rss(edge.pid))
             rows_seen = counter.fast() - 1
             counter.close()
             rc = edge.stop()
@@ -173,6 +192,7 @@ def ingest(
                 "before_load": before,
                 "peak_rss_mb": max(r for _, r in samples),
                 "peak_uss_mb": peak_full["uss_mb"],
+                "peak_distinct_mb": peak_distinct,
                 "peak_pss_mb": peak_full["pss_mb"],
                 "peak_threads": peak_full["threads"],
                 "after_load_settled": settled,
@@ -356,13 +376,15 @@ def main() -> int:
                         f"  {mode} load {r + 1}: {res['stored']:,}/{load.events:,} events in {res['seconds']:.1f} s "
                         f"({res['events_per_s']:,.0f} ev/s{', TIMED OUT' if res['timed_out'] else ''}), "
                         f"RSS before {res['before_load']['rss_mb']:.1f} MB, peak {res['peak_rss_mb']:.1f} MB, "
-                        f"settled {res['after_load_settled']['rss_mb']:.1f} MB",
+                        f"settled {res['after_load_settled']['rss_mb']:.1f} MB; each page once: before "
+                        f"{fmt(res['before_load']['distinct_mb'], '.1f')}, peak {fmt(res['peak_distinct_mb'], '.1f')} MB",
                         flush=True,
                     )
                 results["load"][mode] = {
                     "runs": runs,
                     "peak_rss_mb_median": median([x["peak_rss_mb"] for x in runs]),
                     "peak_uss_mb_median": median([x["peak_uss_mb"] for x in runs]),
+                    "peak_distinct_mb_median": median([x["peak_distinct_mb"] for x in runs]),
                     "settled_rss_mb_median": median([x["after_load_settled"]["rss_mb"] for x in runs]),
                     "events_per_s_median": median([x["events_per_s"] for x in runs]),
                 }
@@ -409,7 +431,8 @@ def main() -> int:
                 [
                     f"idle RSS ({m})",
                     fmt(s["idle_rss_mb_median"], ".1f") + " MB",
-                    f"USS {fmt(s['idle_uss_mb_median'], '.1f')} / PSS {fmt(s['idle_pss_mb_median'], '.1f')} MB",
+                    f"USS {fmt(s['idle_uss_mb_median'], '.1f')} / PSS {fmt(s['idle_pss_mb_median'], '.1f')} MB"
+                    f" / each page once {fmt(s['idle_distinct_mb_median'], '.1f')} MB",
                     f"< {TARGET_RSS_MB:.0f} MB",
                     "OK" if s["idle_rss_mb_median"] < TARGET_RSS_MB else "MISS",
                 ]
@@ -420,7 +443,8 @@ def main() -> int:
                 [
                     f"peak RSS under load ({m})",
                     fmt(s["peak_rss_mb_median"], ".1f") + " MB",
-                    f"USS {fmt(s['peak_uss_mb_median'], '.1f')} MB, settled {fmt(s['settled_rss_mb_median'], '.1f')} MB"
+                    f"USS {fmt(s['peak_uss_mb_median'], '.1f')} MB, each page once "
+                    f"{fmt(s['peak_distinct_mb_median'], '.1f')} MB, settled {fmt(s['settled_rss_mb_median'], '.1f')} MB"
                     f", {fmt(s['events_per_s_median'])} ev/s",
                     f"< {TARGET_RSS_MB:.0f} MB",
                     "OK" if s["peak_rss_mb_median"] < TARGET_RSS_MB else "MISS",
