@@ -28,7 +28,6 @@ from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
 from edge_bridge.inbound import InboundRouter, rejection_summary
-from edge_bridge.receiver import MqttReceiver
 from edgekite.config import EdgeConfig
 from edgekite.ingest import Decoded, EventRow, Rejection
 from edgekite.metrics import EdgeMetrics
@@ -135,6 +134,10 @@ class ThreadSubscriber(_StatusReporting):
         # Labelled children resolved once: a label lookup per message is measurable here.
         self._m_messages = metrics.messages_received.labels("mqtt")
         self._m_events = metrics.events_received.labels("mqtt")
+        # paho is imported here, not at the top: with the default child process the edge
+        # process never holds a broker session of its own.
+        from edge_bridge.receiver import MqttReceiver
+
         self._receiver = MqttReceiver(
             config, router.filters, url=url, on_message=self._on_message, on_status=self._status.update
         )

@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     brk.set_defaults(func=cmd_broker)
 
     sim = sub.add_parser("simulate", help="publish realistic device and web traffic")
-    from edgekite.simulate import add_arguments
+    from edgekite.simulate_args import add_arguments
 
     add_arguments(sim)
     sim.set_defaults(func=cmd_simulate)

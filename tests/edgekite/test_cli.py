@@ -88,3 +88,17 @@ def test_bad_config_is_a_clear_error(tmp_path: Path) -> None:
     )
     assert out.returncode == 2
     assert "bad configuration" in out.stderr and "receive_maximum" in out.stderr
+
+
+def test_the_edge_process_does_not_import_paho_or_the_simulator() -> None:
+    """With the default bridge child, the edge process holds no broker session of its own:
+    paho and the simulator stay out of it (~1 MB of its idle RSS)."""
+    code = (
+        "import sys\n"
+        "from edgekite.cli import build_parser\n"
+        "build_parser().parse_args(['edge'])\n"
+        "import edgekite.edge_node, edge_bridge.subscriber, edge_api.app\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'paho' or m == 'edgekite.simulate'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[]"

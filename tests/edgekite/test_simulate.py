@@ -37,12 +37,12 @@ from edgekite.simulate import (
     PublishError,
     TokenBucket,
     TrafficGenerator,
-    add_arguments,
     encode_events,
     parse_broker_url,
     publish,
     run_from_args,
 )
+from edgekite.simulate_args import add_arguments
 
 FIXED_NOW = 1_767_349_800_000  # 2026-01-02T10:30:00Z
 EXPECTED_TYPES = {
