@@ -33,6 +33,7 @@ from typing import Any
 from edge_api.ingest_http import BodyError, decode_body
 from edgekite.codec import PayloadCodec
 from edgekite.config import EdgeConfig
+from edgekite.host import decode_worker_count, host_cpus
 from edgekite.ingest import STORED_FIELDS, Decoded, EventRow, Rejection
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ class HttpDecoder:
         self._cfg = config
         self._dict_id = dict_id
         self._min_bytes = config.http.decode_process_min_bytes
-        self._workers = config.http.decode_workers
+        self._workers = decode_worker_count(config.http.decode_workers, host_cpus())
         self._pool: ProcessPoolExecutor | None = None
 
     @property

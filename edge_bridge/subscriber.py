@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 from edge_bridge.inbound import InboundRouter, rejection_summary
 from edgekite.config import EdgeConfig
+from edgekite.host import bridge_in_child, host_cpus
 from edgekite.ingest import Decoded, EventRow, Rejection
 from edgekite.metrics import EdgeMetrics
 from edgekite.store import EdgeStore, IngestResult, WriteItem
@@ -54,8 +55,11 @@ class Subscriber(Protocol):
 def make_subscriber(
     config: EdgeConfig, store: EdgeStore, metrics: EdgeMetrics, router: InboundRouter, *, url: str
 ) -> Subscriber:
-    if config.mqtt.bridge_process:
+    cpus = host_cpus()
+    if bridge_in_child(config.mqtt.bridge_process, cpus):
         return ProcessSubscriber(config, store, metrics, router, url=url)
+    if config.mqtt.bridge_process == "auto":
+        log.info("%d CPU usable: the MQTT bridge runs in the edge process (mqtt.bridge_process = auto)", cpus)
     return ThreadSubscriber(config, store, metrics, router, url=url)
 
 

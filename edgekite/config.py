@@ -13,7 +13,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -77,11 +77,12 @@ class MqttSection(_Section):
         description="Refuse an envelope whose source.id differs from the topic's, so a device "
         "authorised for ek/v1/X/ cannot speak for Y.",
     )
-    bridge_process: bool = Field(
-        True,
+    bridge_process: bool | Literal["auto"] = Field(
+        "auto",
         description="With an external broker, receive and validate in a child process, so MQTT "
         "handling and SQLite writes use two cores instead of sharing one (about 2x the rate on a "
-        "2-core box, for about 25 MB more memory). False: one process, a thread for each.",
+        "2-core box, for about 25 MB more memory). False: one process, a thread for each. auto: "
+        "the child when this process may use 2 or more CPUs (affinity and cgroup quota).",
     )
 
 
@@ -129,15 +130,14 @@ class HttpSection(_Section):
         True, description="Add the sender's address as data.ip to web events lacking one (marked pii)."
     )
     max_sse_clients: int = Field(32, ge=1)
-    decode_workers: int = Field(
-        1,
-        ge=0,
-        le=16,
+    decode_workers: Annotated[int, Field(ge=0, le=16)] | Literal["auto"] = Field(
+        "auto",
         description="Worker processes that decode large ingest bodies, so validation runs beside "
         "the SQLite writer instead of taking turns with it (about 2x the batch rate on 2 cores). "
         "Started on demand (~40 MB RSS each, measured 38.5); 0 decodes everything in the edge process. "
         "Measured on 2 cores: one worker (~16 us/event) keeps up with the writer; a second added "
-        "nothing (26,160 vs 25,451 events/s) and cost 47 MB.",
+        "nothing (26,160 vs 25,451 events/s) and cost 47 MB. auto: 1 when this process may use 2 "
+        "or more CPUs, else 0.",
     )
     decode_process_min_bytes: int = Field(
         32 * 1024,
