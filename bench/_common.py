@@ -329,6 +329,7 @@ class Edge:
     edge_id: str = "bench"
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] | None = None
+    cpus: str | None = None  # taskset -c list: the CPUs the edge (and its children) may use
     proc: subprocess.Popen[str] | None = None
     ready_wall_s: float | None = None  # spawn -> ready line, measured here
     ready_own_s: float | None = None  # what the edge prints (from its cli import, not from exec)
@@ -353,6 +354,8 @@ class Edge:
         else:
             cmd += ["--mqtt-port", str(self.mqtt_port or free_port())]
         cmd += self.extra_args
+        if self.cpus is not None:
+            cmd = ["taskset", "-c", self.cpus, *cmd]
         self.stderr_path = self.data_dir.parent / f"{self.data_dir.name}.stderr.log"
         self._stderr = open(self.stderr_path, "w")  # noqa: SIM115 - closed in stop()
         ready = threading.Event()

@@ -88,12 +88,14 @@ def memory(pid: int) -> dict[str, Any]:
     return {**totals, "processes": per_process}
 
 
-def start_edge(work: Path, mode: str, tag: str, mq: Mosquitto | None, env: dict[str, str]) -> Edge:
+def start_edge(
+    work: Path, mode: str, tag: str, mq: Mosquitto | None, env: dict[str, str], cpus: str | None = None
+) -> Edge:
     data_dir = work / f"edge-{tag}"
     if mode == "embedded":
-        return Edge(data_dir, mqtt_port=free_port(), edge_id=f"fp-{tag}", env=env).start()
+        return Edge(data_dir, mqtt_port=free_port(), edge_id=f"fp-{tag}", env=env, cpus=cpus).start()
     assert mq is not None
-    return Edge(data_dir, mqtt_url=mq.url, edge_id=f"fp-{tag}", env=env).start()
+    return Edge(data_dir, mqtt_url=mq.url, edge_id=f"fp-{tag}", env=env, cpus=cpus).start()
 
 
 def measure_starts(work: Path, mode: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -102,7 +104,7 @@ def measure_starts(work: Path, mode: str, args: argparse.Namespace) -> dict[str,
     with contextlib.ExitStack() as stack:
         mq = stack.enter_context(Mosquitto(work)) if mode == "mosquitto" else None
         for i in range(args.starts):
-            edge = start_edge(work, mode, f"{mode}-start{i}", mq, args.edge_env_dict)
+            edge = start_edge(work, mode, f"{mode}-start{i}", mq, args.edge_env_dict, args.edge_cpus)
             try:
                 rec: dict[str, Any] = {"ready_wall_s": edge.ready_wall_s, "ready_own_s": edge.ready_own_s}
                 time.sleep(args.idle_wait)
@@ -136,7 +138,7 @@ def ingest(
     ``after_stop(edge)`` runs once the edge has exited after SIGTERM (for the disk analysis)."""
     with contextlib.ExitStack() as stack:
         mq = stack.enter_context(Mosquitto(work)) if mode == "mosquitto" else None
-        edge = start_edge(work, mode, tag, mq, args.edge_env_dict)
+        edge = start_edge(work, mode, tag, mq, args.edge_env_dict, args.edge_cpus)
         run = None
         counter = RowCounter(edge.db_path)
         try:
@@ -333,6 +335,11 @@ def main() -> int:
     )
     ap.add_argument("--tmp-dir", help="where data dirs go (default: system temp)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
+    ap.add_argument(
+        "--edge-cpus",
+        help="run the edge under `taskset -c LIST` (e.g. 0: a one-CPU box; the broker and the "
+        "publishers keep every CPU)",
+    )
     ap.add_argument("--skip", default="", help="comma list of parts to skip: starts,load,disk")
     args = ap.parse_args()
     args.edge_env_dict = dict(kv.split("=", 1) for kv in args.edge_env)
