@@ -63,6 +63,7 @@ class EdgeContext:
     stream: EventStream | None = None
     decoder: HttpDecoder = field(init=False)
     process: psutil.Process = field(default_factory=psutil.Process)
+    mqtt_bridge: str = "embedded_broker"  # or "child_process", "edge_process": where MQTT is received
 
 
 CTX = web.AppKey("edgekite_ctx", EdgeContext)
@@ -347,7 +348,9 @@ async def get_health(request: web.Request) -> web.Response:
             "now": now,
             "uptime_secs": round(time.time() - ctx.started_at, 1),
             "mqtt_connected": connected,
+            "mqtt_bridge": ctx.mqtt_bridge,
             "ingest_queue_depth": ctx.store.queue_depth,
+            "ingest_queue_max_bytes": ctx.store.queue_max_bytes,
             "last_commit_ms": ctx.store.last_commit_ms,
             "last_store_error": ctx.store.last_error,
             "sources": srcs,
@@ -363,17 +366,48 @@ async def get_stats(request: web.Request) -> web.Response:
     return _json(await _reads(request).run(lambda r: queries.stats(r, now)))
 
 
+def helper_kind(cmdline: list[str]) -> str:
+    """What a child process of the edge is there for, from its command line."""
+    line = " ".join(cmdline)
+    if "edge_bridge.bridge_process" in line:
+        return "mqtt_bridge"
+    if "multiprocessing.resource_tracker" in line:
+        return "resource_tracker"  # started by multiprocessing with the decode pool
+    if "multiprocessing.spawn" in line:
+        return "decode_worker"
+    return "other"
+
+
+def _helpers(p: psutil.Process) -> list[dict[str, Any]]:
+    """The edge's helper processes (the MQTT bridge child, HTTP decode workers): their memory
+    is the edge's too, and an operator sizing a box needs the sum."""
+    out = []
+    for child in p.children(recursive=True):
+        try:
+            out.append(
+                {"pid": child.pid, "kind": helper_kind(child.cmdline()), "rss_bytes": child.memory_info().rss}
+            )
+        except psutil.Error:
+            continue  # it just exited
+    return out
+
+
 async def get_resources(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     p = ctx.process
     vm = psutil.virtual_memory()
     st = _storage(ctx)
+    own_rss = p.memory_info().rss
+    helpers = _helpers(p)
     return _json(
         {
             "process": {
                 "cpu_percent": p.cpu_percent(interval=None),
-                "rss_bytes": p.memory_info().rss,
+                "rss_bytes": own_rss,
                 "threads": p.num_threads(),
+                "helper_processes": helpers,
+                # RSS summed: pages the helpers share with the edge (libpython, libc) count twice
+                "total_rss_bytes": own_rss + sum(h["rss_bytes"] for h in helpers),
             },
             "system": {
                 "cpu_percent": psutil.cpu_percent(interval=None),

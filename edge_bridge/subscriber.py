@@ -53,13 +53,22 @@ class Subscriber(Protocol):
 
 
 def make_subscriber(
-    config: EdgeConfig, store: EdgeStore, metrics: EdgeMetrics, router: InboundRouter, *, url: str
+    config: EdgeConfig,
+    store: EdgeStore,
+    metrics: EdgeMetrics,
+    router: InboundRouter,
+    *,
+    url: str,
+    in_child: bool | None = None,
 ) -> Subscriber:
-    cpus = host_cpus()
-    if bridge_in_child(config.mqtt.bridge_process, cpus):
+    """``in_child``: where the bridge runs, if the caller decided already; else from
+    ``mqtt.bridge_process`` and the CPUs this process may use."""
+    if in_child is None:
+        in_child = bridge_in_child(config.mqtt.bridge_process, host_cpus())
+    if in_child:
         return ProcessSubscriber(config, store, metrics, router, url=url)
     if config.mqtt.bridge_process == "auto":
-        log.info("%d CPU usable: the MQTT bridge runs in the edge process (mqtt.bridge_process = auto)", cpus)
+        log.info("one CPU usable: the MQTT bridge runs in the edge process (mqtt.bridge_process = auto)")
     return ThreadSubscriber(config, store, metrics, router, url=url)
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from edgekite.config import EdgeConfig
+from edgekite.host import bridge_in_child, host_cpus
 from edgekite.metrics import EdgeMetrics
 from edgekite.service import serve, wait_for_stop
 from edgekite.store import EdgeStore
@@ -35,7 +36,14 @@ class EdgeNode:
     def __init__(self, config: EdgeConfig) -> None:
         self.config = config
         self.metrics = EdgeMetrics()
-        self.store = EdgeStore(config, self.metrics)
+        # Decided once: the store's queue bound depends on it (store.queue_max_bytes = auto).
+        self.bridge_in_child = bool(config.mqtt.url) and bridge_in_child(
+            config.mqtt.bridge_process, host_cpus()
+        )
+        one_process_bridge = bool(config.mqtt.url) and not self.bridge_in_child
+        self.store = EdgeStore(
+            config, self.metrics, queue_max_bytes=config.store.ingest_queue_bytes(one_process_bridge)
+        )
         self._broker: EmbeddedBroker | None = None
         self._subscriber: Subscriber | None = None
         self._sync: SyncWorker | None = None
@@ -91,7 +99,9 @@ class EdgeNode:
     async def _start_subscriber(self, router: InboundRouter) -> None:
         from edge_bridge.subscriber import make_subscriber
 
-        sub = make_subscriber(self.config, self.store, self.metrics, router, url=self.mqtt_url)
+        sub = make_subscriber(
+            self.config, self.store, self.metrics, router, url=self.mqtt_url, in_child=self.bridge_in_child
+        )
         sub.start()
         self._subscriber = sub
         # "Ready" means subscribed: on a brand-new broker session, messages published before
@@ -128,6 +138,8 @@ class EdgeNode:
         ctx = EdgeContext(
             self.config, self.store, self.metrics, self._mqtt_connected, self.started_at, self.sync_status
         )
+        if self.config.mqtt.url:
+            ctx.mqtt_bridge = "child_process" if self.bridge_in_child else "edge_process"
         self._runner, self.http_url = await serve(
             create_app(ctx), self.config.http.host, self.config.http.port
         )

@@ -125,6 +125,15 @@ function renderStorage(el, hd) {
   ]));
 }
 
+// The edge's own RSS plus its helper processes' (the MQTT bridge child, decode workers).
+function edgeMemory(p) {
+  const helpers = Array.isArray(p.helper_processes) ? p.helper_processes : [];
+  if (!helpers.length || !Number.isFinite(Number(p.total_rss_bytes))) return fmtBytes(Number(p.rss_bytes));
+  const names = {mqtt_bridge: 'MQTT bridge', decode_worker: 'decode worker', resource_tracker: 'multiprocessing tracker'};
+  const parts = helpers.map((x) => `${names[x.kind] || x.kind} ${fmtBytes(Number(x.rss_bytes))}`);
+  return `${fmtBytes(Number(p.total_rss_bytes))} (edge ${fmtBytes(Number(p.rss_bytes))} + ${parts.join(' + ')})`;
+}
+
 function renderResources(el, r) {
   const p = r?.process || {};
   const sys = r?.system || {};
@@ -135,7 +144,7 @@ function renderResources(el, r) {
   clear(el).append(h('div', {class: 'grid2'},
     kv([
       ['Edge CPU', fmtPercent(Number(p.cpu_percent), 1)],
-      ['Edge memory (RSS)', fmtBytes(Number(p.rss_bytes))],
+      ['Edge memory (RSS)', edgeMemory(p)],
       ['Edge threads', fmtNum(Number(p.threads))],
     ]),
     kv([

@@ -35,6 +35,10 @@ class BoundedQueue(Generic[T]):
     def nbytes(self) -> int:
         return self._bytes
 
+    @property
+    def max_bytes(self) -> int:
+        return self._max_bytes
+
     def _has_room(self, size: int) -> bool:
         # An item larger than the byte bound still goes in alone, or it could never enter.
         if not self._items:

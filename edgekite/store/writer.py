@@ -97,13 +97,20 @@ class EdgeStore:
     """Owns edge.db's only write connection. Use as a context manager or open()/close()."""
 
     def __init__(
-        self, config: EdgeConfig, metrics: EdgeMetrics, *, clock: Callable[[], float] = time.time
+        self,
+        config: EdgeConfig,
+        metrics: EdgeMetrics,
+        *,
+        clock: Callable[[], float] = time.time,
+        queue_max_bytes: int | None = None,
     ) -> None:
+        """``queue_max_bytes``: the ingest queue's bound as the edge resolved it
+        (``store.queue_max_bytes`` depends on where the MQTT bridge runs)."""
         self._cfg = config
         self._metrics = metrics
         self._clock = clock
         self._queue: BoundedQueue[WriteItem] = BoundedQueue(
-            config.store.queue_max_messages, config.store.queue_max_bytes
+            config.store.queue_max_messages, queue_max_bytes or config.store.ingest_queue_bytes(False)
         )
         self._conn: sqlite3.Connection | None = None
         self._checkpointer: WalCheckpointer | None = None
@@ -208,6 +215,10 @@ class EdgeStore:
     @property
     def queue_depth(self) -> int:
         return len(self._queue)
+
+    @property
+    def queue_max_bytes(self) -> int:
+        return self._queue.max_bytes
 
     # -- the writer thread -----------------------------------------------------------------
     def _run(self) -> None:

@@ -425,3 +425,35 @@ def test_health_page_shows_the_sync_backlog_and_why_it_is_stuck(tmp_path: Path, 
         context.close()
     finally:
         stop_edge(syncing)
+
+
+def test_health_page_counts_the_helper_processes_in_the_edge_memory(tmp_path: Path, browser: Any) -> None:
+    """A large batch starts a decode worker: the memory the operator sees includes it."""
+    edge = start_edge(tmp_path / "data", env={"EDGEKITE_HTTP__DECODE_WORKERS": "1"})
+    try:
+        events = [
+            {
+                "source": {"type": "server", "id": "pos-1"},
+                "event": {"category": "app", "type": "sale", "data": {"n": i}},
+            }
+            for i in range(1000)  # ~90 KB: over http.decode_process_min_bytes
+        ]
+        assert http_json(f"{edge.base}/api/events/batch", events)["accepted"] == 1000
+        proc = http_json(f"{edge.base}/api/resources")["process"]
+        kinds = sorted(h["kind"] for h in proc["helper_processes"])
+        assert "decode_worker" in kinds, kinds
+        assert proc["total_rss_bytes"] == proc["rss_bytes"] + sum(
+            h["rss_bytes"] for h in proc["helper_processes"]
+        )
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        page.set_default_timeout(10_000)
+        errors = PageErrors(page)
+        page.goto(f"{edge.base}/#/health")
+        memory = page.locator("dl.kv", has_text="Edge memory (RSS)")
+        expect(memory).to_contain_text("decode worker")
+        expect(memory).to_contain_text(re.compile(r"\(edge [\d.]+ MiB \+ "))
+        assert errors.errors == []
+        context.close()
+    finally:
+        stop_edge(edge)

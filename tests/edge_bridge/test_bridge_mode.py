@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import orjson
 import paho.mqtt.publish as publish
@@ -53,12 +55,26 @@ def test_on_one_cpu_the_bridge_runs_in_the_edge_process_and_events_still_land(
     assert bridge_children(edge) == []
     assert publish_and_count(mosquitto, edge, 50) == 50
     assert "the MQTT bridge runs in the edge process" in edge.log_path.read_text()
+    health = api(edge, "/api/health")
+    # paho and the writer share one GIL here: a deeper queue would only hold more rows
+    assert (health["mqtt_bridge"], health["ingest_queue_max_bytes"]) == ("edge_process", 1024**2)
+    proc = api(edge, "/api/resources")["process"]
+    assert proc["helper_processes"] == [] and proc["total_rss_bytes"] == proc["rss_bytes"]
     assert edge.terminate() == 0
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
 def test_with_two_cpus_the_bridge_has_its_own_process(mosquitto: Mosquitto, tmp_path: Path) -> None:
     edge = EdgeProcess(tmp_path / "two", "--mqtt-url", mosquitto.url, "--http-port", "0").start()
-    assert len(wait_for(lambda: bridge_children(edge))) == 1
+    (child,) = wait_for(lambda: bridge_children(edge))
     assert publish_and_count(mosquitto, edge, 50) == 50
+    health = api(edge, "/api/health")
+    assert (health["mqtt_bridge"], health["ingest_queue_max_bytes"]) == ("child_process", 4 * 1024**2)
+    helpers = api(edge, "/api/resources")["process"]["helper_processes"]
+    assert [(h["pid"], h["kind"]) for h in helpers] == [(child.pid, "mqtt_bridge")]
     assert edge.terminate() == 0
+
+
+def api(edge: EdgeProcess, path: str) -> Any:
+    with urllib.request.urlopen(edge.http_url.rstrip("/") + path, timeout=5) as resp:  # noqa: S310 - loopback
+        return orjson.loads(resp.read())

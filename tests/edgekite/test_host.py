@@ -81,3 +81,11 @@ def test_both_settings_default_to_auto_and_take_booleans_and_counts_from_the_env
 def test_other_values_are_refused(environ: dict[str, str]) -> None:
     with pytest.raises(ValidationError):
         load_edge_config(environ=environ)
+
+
+def test_the_ingest_queue_is_shallower_when_the_bridge_shares_the_edge_process() -> None:
+    store = load_edge_config(environ={}).store
+    assert store.ingest_queue_bytes(bridge_in_edge_process=True) == 1024**2
+    assert store.ingest_queue_bytes(bridge_in_edge_process=False) == 4 * 1024**2
+    store = load_edge_config(environ={"EDGEKITE_STORE__QUEUE_MAX_BYTES": "2097152"}).store
+    assert store.ingest_queue_bytes(True) == store.ingest_queue_bytes(False) == 2 * 1024**2
