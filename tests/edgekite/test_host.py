@@ -11,29 +11,62 @@ from edgekite.config import load_edge_config
 from edgekite.host import bridge_in_child, cgroup_cpu_limit, decode_worker_count, usable_cpus
 
 
-def test_cgroup_v2_quota_is_read_in_cpus(tmp_path: Path) -> None:
-    (tmp_path / "cpu.max").write_text("150000 100000\n")
-    assert cgroup_cpu_limit(tmp_path) == 1.5
+def cgroup_tree(tmp_path: Path, proc_cgroup: str, files: dict[str, str]) -> tuple[Path, Path]:
+    """A fake /sys/fs/cgroup (``files``: path under it → content) and /proc/self/cgroup."""
+    root = tmp_path / "sys-fs-cgroup"
+    root.mkdir(parents=True)
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    proc = tmp_path / "proc-self-cgroup"
+    proc.write_text(proc_cgroup)
+    return root, proc
+
+
+def test_cgroup_v2_quota_in_a_container_is_read_in_cpus(tmp_path: Path) -> None:
+    root, proc = cgroup_tree(tmp_path, "0::/\n", {"cpu.max": "150000 100000\n"})
+    assert cgroup_cpu_limit(root, proc) == 1.5
+
+
+def test_a_systemd_cpu_quota_on_the_service_or_its_slice_is_found(tmp_path: Path) -> None:
+    """``CPUQuota=100%`` sits on the service's cgroup, not on the root; the tightest one wins."""
+    files = {
+        "cpu.max": "max 100000\n",
+        "edge.slice/cpu.max": "200000 100000\n",
+        "edge.slice/edgekite.service/cpu.max": "100000 100000\n",
+    }
+    root, proc = cgroup_tree(tmp_path, "0::/edge.slice/edgekite.service\n", files)
+    assert cgroup_cpu_limit(root, proc) == 1.0
+    files["edge.slice/edgekite.service/cpu.max"] = "max 100000\n"
+    root, proc = cgroup_tree(tmp_path / "b", "0::/edge.slice/edgekite.service\n", files)
+    assert cgroup_cpu_limit(root, proc) == 2.0
 
 
 def test_cgroup_v2_without_a_quota_means_no_limit(tmp_path: Path) -> None:
-    (tmp_path / "cpu.max").write_text("max 100000\n")
-    assert cgroup_cpu_limit(tmp_path) is None
+    root, proc = cgroup_tree(tmp_path, "0::/\n", {"cpu.max": "max 100000\n"})
+    assert cgroup_cpu_limit(root, proc) is None
 
 
-def test_cgroup_v1_quota_is_read_when_there_is_no_v2_file(tmp_path: Path) -> None:
-    (tmp_path / "cpu").mkdir()
-    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("50000\n")
-    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
-    assert cgroup_cpu_limit(tmp_path) == 0.5
-    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
-    assert cgroup_cpu_limit(tmp_path) is None
+def test_cgroup_v1_quota_is_read_from_the_cpu_hierarchy(tmp_path: Path) -> None:
+    proc_text = "4:memory:/docker/abc\n2:cpu,cpuacct:/docker/abc\n0::/\n"
+    files = {
+        "cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "50000\n",
+        "cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000\n",
+    }
+    root, proc = cgroup_tree(tmp_path, proc_text, files)
+    assert cgroup_cpu_limit(root, proc) == 0.5
 
 
-def test_no_cgroup_files_means_no_limit(tmp_path: Path) -> None:
-    assert cgroup_cpu_limit(tmp_path) is None
-    (tmp_path / "cpu.max").write_text("garbage\n")
-    assert cgroup_cpu_limit(tmp_path) is None
+def test_cgroup_v1_without_a_quota_means_no_limit(tmp_path: Path) -> None:
+    files = {"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}
+    root, proc = cgroup_tree(tmp_path, "1:cpu:/\n0::/\n", files)
+    assert cgroup_cpu_limit(root, proc) is None
+
+
+def test_unreadable_or_garbled_cgroup_files_mean_no_limit(tmp_path: Path) -> None:
+    root, proc = cgroup_tree(tmp_path, "garbage\n0::/\n", {"cpu.max": "garbage\n"})
+    assert cgroup_cpu_limit(root, proc) is None
+    assert cgroup_cpu_limit(tmp_path / "absent", tmp_path / "absent-proc") is None
 
 
 @pytest.mark.parametrize(
