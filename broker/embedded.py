@@ -69,6 +69,7 @@ from pwdlib.hashers.argon2 import Argon2Hasher
 
 __all__ = [
     "AMQTT_VERIFIED_VERSION",
+    "DEFAULT_MAX_IN_FLIGHT",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "AmqttCompatibilityError",
     "EmbeddedBroker",
@@ -91,6 +92,9 @@ AMQTT_VERIFIED_VERSION: Final = "0.12.1"
 
 DEFAULT_MAX_MESSAGE_BYTES: Final = 1_048_576 + 1024
 """A 1 MiB payload plus room for an envelope around it; the Mosquitto config uses the same."""
+
+DEFAULT_MAX_IN_FLIGHT: Final = 250
+"""Messages waiting for their commit at once, over all connections; more wait in the sockets."""
 
 SESSION_EXPIRY_SECS: Final = 24 * 3600
 """How long amqtt keeps a disconnected, authenticated clean_session=0 client's session (and the
@@ -119,6 +123,8 @@ class IngestStats:
     """Hook calls that raised; for QoS 1/2 each one also closed the client's connection."""
     rejected_oversize: int = 0
     """Publishes refused for being larger than `max_message_bytes` (connection closed)."""
+    max_in_flight_seen: int = 0
+    """Most messages that were waiting for their commit at once (bounded by `max_in_flight`)."""
 
 
 class _CommitGate:
@@ -130,11 +136,44 @@ class _CommitGate:
         ingest: IngestHook | None,
         max_message_bytes: int,
         stats: IngestStats,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     ) -> None:
         self.filters = filters
         self.ingest = ingest
         self.max_message_bytes = max_message_bytes
         self.stats = stats
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+        self._room: asyncio.Event | None = None  # made on the broker's loop, set while in_flight < max
+
+    def _room_event(self) -> asyncio.Event:
+        if self._room is None:
+            self._room = asyncio.Event()
+            if self.in_flight < self.max_in_flight:
+                self._room.set()
+        return self._room
+
+    async def wait_for_room(self) -> None:
+        """Hold a connection's reads while `max_in_flight` messages wait for their commit.
+
+        amqtt starts a task per PUBLISH and reads on, so a client's window (mosquitto_pub -M
+        1000, eight of them) became thousands of parked messages at ~10 KB each: 62 -> 139 MB.
+        Waiting here, before amqtt reads more, leaves the rest in the sockets (TCP pushes back).
+        """
+        room = self._room_event()
+        while not room.is_set():
+            await room.wait()
+
+    def enter(self) -> None:
+        self.in_flight += 1
+        self.stats.max_in_flight_seen = max(self.stats.max_in_flight_seen, self.in_flight)
+        if self.in_flight >= self.max_in_flight:
+            self._room_event().clear()
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight < self.max_in_flight:
+            self._room_event().set()
 
     def applies_to(self, topic: str) -> bool:
         """Whether a PUBLISH on `topic` must be committed before amqtt acknowledges it.
@@ -179,6 +218,7 @@ class _BoundedReader(ReaderAdapter):  # type: ignore[misc]  # amqtt ships no typ
         self._client_id = client_id
 
     async def read(self, n: int = -1) -> bytes:
+        await self._gate.wait_for_room()
         if n > self._gate.max_message_bytes:
             self._gate.count_oversize(self._client_id, n)
             msg = f"{n}-byte field exceeds max_message_bytes={self._gate.max_message_bytes}"
@@ -213,7 +253,13 @@ class _GatedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt ships
                 self._gate.count_oversize(self._client_id(), len(data))
                 await self._close_connection()
                 return
-            if self._gate.applies_to(topic) and not await self._ingest(topic, bytes(data), publish_packet):
+            if self._gate.applies_to(topic):
+                self._gate.enter()  # until acknowledged: this message's state lives that long
+                try:
+                    if await self._ingest(topic, bytes(data), publish_packet):
+                        await super().handle_publish(publish_packet)
+                finally:
+                    self._gate.leave()
                 return
         await super().handle_publish(publish_packet)
 
@@ -467,6 +513,8 @@ class EmbeddedBroker:
             Mosquitto's `max_packet_size` does, and counted in `stats.rejected_oversize`.
         password_file: `username:argon2-hash` lines (see `password_file_line`). When given,
             clients must log in with a listed user; otherwise anyone on the network may connect.
+        max_in_flight: messages on ingest topics waiting for their commit at once, over all
+            clients; while that many wait, the broker reads no more from any connection.
     """
 
     def __init__(
@@ -478,6 +526,7 @@ class EmbeddedBroker:
         ingest: IngestHook | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         password_file: Path | None = None,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     ) -> None:
         filters = tuple(ingest_filters)
         for topic_filter in filters:
@@ -488,6 +537,9 @@ class EmbeddedBroker:
         if max_message_bytes < 1:
             msg = f"max_message_bytes must be positive, not {max_message_bytes}"
             raise ValueError(msg)
+        if max_in_flight < 1:
+            msg = f"max_in_flight must be positive, not {max_in_flight}"
+            raise ValueError(msg)
         if not 0 <= port <= 65535:
             msg = f"invalid TCP port {port}"
             raise ValueError(msg)
@@ -496,7 +548,7 @@ class EmbeddedBroker:
         self._port = port
         self._password_file = password_file
         self.stats = IngestStats()
-        self._gate = _CommitGate(filters, ingest, max_message_bytes, self.stats)
+        self._gate = _CommitGate(filters, ingest, max_message_bytes, self.stats, max_in_flight)
         self._broker: _GatedBroker | None = None
 
     @property

@@ -48,6 +48,14 @@ class MqttSection(_Section):
     embedded_password_file: Path | None = Field(
         None, description="amqtt password file; when set, anonymous devices are refused."
     )
+    embedded_max_in_flight: int = Field(
+        250,
+        ge=1,
+        description="Messages the embedded broker holds waiting for their commit, over all devices; "
+        "beyond that it stops reading and TCP holds the rest. Measured under eight publishers of "
+        "1,000 in flight each (peak RSS, events/s): unbounded 138-142 MB at 2,361-2,682; 1000: "
+        "86-87 MB at 3,620-3,866; 250: 79 MB at 3,237-4,043; 100: 76.5 MB at 2,632-3,409.",
+    )
     client_id: str = Field(
         "",
         description="Bridge client id; stable so the broker keeps its session. Default: edgekite-<edge_id>.",

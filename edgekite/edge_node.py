@@ -90,6 +90,7 @@ class EdgeNode:
             ingest=make_ingest_hook(self.store, router, self.metrics),
             max_message_bytes=self.config.limits.max_message_bytes,
             password_file=mc.embedded_password_file,
+            max_in_flight=mc.embedded_max_in_flight,
         )
         await broker.__aenter__()
         self._broker = broker

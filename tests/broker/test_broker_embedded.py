@@ -182,6 +182,34 @@ async def test_commits_of_one_publishers_messages_run_concurrently(mqtt_connect:
 
 
 @pytest.mark.asyncio
+async def test_messages_waiting_for_their_commit_are_bounded_across_clients(
+    mqtt_connect: MqttConnect,
+) -> None:
+    """Two clients with 100-message windows, commits held: the broker parks 10, reads no more
+    until one commits, and then everything is acknowledged once."""
+    release = asyncio.Event()
+    hook = RecordingHook(release=release)
+    async with EmbeddedBroker(port=0, ingest_filters=[EVENTS], ingest=hook, max_in_flight=10) as broker:
+        cam1, _ = await connect(mqtt_connect, broker, "cam1", max_inflight=100)
+        cam2, _ = await connect(mqtt_connect, broker, "cam2", max_inflight=100)
+        infos = [
+            client.publish(f"ek/v1/{name}/events", f"{name}-{n}".encode(), qos=1)
+            for n in range(100)
+            for client, name in ((cam1, "cam1"), (cam2, "cam2"))
+        ]
+        await asyncio.wait_for(hook.entered.wait(), TIMEOUT_SECS)
+        await asyncio.sleep(0.5)  # time enough for amqtt to read far more, were it allowed
+        assert hook.in_flight == 10
+        assert len(hook.calls) == 10
+        release.set()
+        assert await acknowledged(*infos)
+        assert len(hook.calls) == 200 and len({payload for _, payload, _ in hook.calls}) == 200
+        assert hook.max_in_flight == 10
+        assert broker.stats.max_in_flight_seen == 10
+        assert broker.stats.ingested == 200
+
+
+@pytest.mark.asyncio
 async def test_subscribers_receive_ingested_messages_and_others_are_untouched(
     mqtt_connect: MqttConnect,
 ) -> None:
