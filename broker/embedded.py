@@ -124,7 +124,8 @@ class IngestStats:
     rejected_oversize: int = 0
     """Publishes refused for being larger than `max_message_bytes` (connection closed)."""
     max_in_flight_seen: int = 0
-    """Most messages that were waiting for their commit at once (bounded by `max_in_flight`)."""
+    """Most messages that were waiting for their commit at once (`max_in_flight`, plus at most
+    one per other connection)."""
 
 
 class _CommitGate:
@@ -254,13 +255,15 @@ class _GatedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt ships
                 await self._close_connection()
                 return
             if self._gate.applies_to(topic):
-                self._gate.enter()  # until acknowledged: this message's state lives that long
+                # Counted until committed, not until acknowledged: a QoS 2 flow then waits for
+                # the client's PUBREL, which only a read (held while the gate is full) brings.
+                self._gate.enter()
                 try:
-                    if await self._ingest(topic, bytes(data), publish_packet):
-                        await super().handle_publish(publish_packet)
+                    committed = await self._ingest(topic, bytes(data), publish_packet)
                 finally:
                     self._gate.leave()
-                return
+                if not committed:
+                    return
         await super().handle_publish(publish_packet)
 
     async def _ingest(self, topic: str, payload: bytes, publish_packet: PublishPacket) -> bool:
@@ -514,7 +517,9 @@ class EmbeddedBroker:
         password_file: `username:argon2-hash` lines (see `password_file_line`). When given,
             clients must log in with a listed user; otherwise anyone on the network may connect.
         max_in_flight: messages on ingest topics waiting for their commit at once, over all
-            clients; while that many wait, the broker reads no more from any connection.
+            clients; while that many wait, the broker reads no more from any connection (a
+            connection already past the check may add one packet: the bound is soft by at most
+            one per connection).
     """
 
     def __init__(
