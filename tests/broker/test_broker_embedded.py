@@ -181,6 +181,19 @@ async def test_commits_of_one_publishers_messages_run_concurrently(mqtt_connect:
         assert broker.stats.ingested == 200
 
 
+async def publish_from_two_cameras(
+    mqtt_connect: MqttConnect, broker: EmbeddedBroker, n: int, *, qos: int
+) -> list[mqtt.MQTTMessageInfo]:
+    """cam1 and cam2 each publish n messages at once (their windows hold all n), interleaved."""
+    cam1, _ = await connect(mqtt_connect, broker, "cam1", max_inflight=n)
+    cam2, _ = await connect(mqtt_connect, broker, "cam2", max_inflight=n)
+    return [
+        client.publish(f"ek/v1/{name}/events", f"{name}-{i}".encode(), qos=qos)
+        for i in range(n)
+        for client, name in ((cam1, "cam1"), (cam2, "cam2"))
+    ]
+
+
 @pytest.mark.asyncio
 async def test_messages_waiting_for_their_commit_are_bounded_across_clients(
     mqtt_connect: MqttConnect,
@@ -190,13 +203,7 @@ async def test_messages_waiting_for_their_commit_are_bounded_across_clients(
     release = asyncio.Event()
     hook = RecordingHook(release=release)
     async with EmbeddedBroker(port=0, ingest_filters=[EVENTS], ingest=hook, max_in_flight=10) as broker:
-        cam1, _ = await connect(mqtt_connect, broker, "cam1", max_inflight=100)
-        cam2, _ = await connect(mqtt_connect, broker, "cam2", max_inflight=100)
-        infos = [
-            client.publish(f"ek/v1/{name}/events", f"{name}-{n}".encode(), qos=1)
-            for n in range(100)
-            for client, name in ((cam1, "cam1"), (cam2, "cam2"))
-        ]
+        infos = await publish_from_two_cameras(mqtt_connect, broker, 100, qos=1)
         await asyncio.wait_for(hook.entered.wait(), TIMEOUT_SECS)
         await asyncio.sleep(0.5)  # time enough for amqtt to read far more, were it allowed
         # The bound plus at most one packet per other connection read past the check meanwhile.
@@ -217,13 +224,7 @@ async def test_qos2_flows_complete_under_a_tight_bound(mqtt_connect: MqttConnect
     PUBREL: reads blocked on those would wait for a packet only a read can bring."""
     hook = RecordingHook(delay_secs=0.005)
     async with EmbeddedBroker(port=0, ingest_filters=[EVENTS], ingest=hook, max_in_flight=1) as broker:
-        cam1, _ = await connect(mqtt_connect, broker, "cam1", max_inflight=20)
-        cam2, _ = await connect(mqtt_connect, broker, "cam2", max_inflight=20)
-        infos = [
-            client.publish(f"ek/v1/{name}/events", f"{name}-{n}".encode(), qos=2)
-            for n in range(20)
-            for client, name in ((cam1, "cam1"), (cam2, "cam2"))
-        ]
+        infos = await publish_from_two_cameras(mqtt_connect, broker, 20, qos=2)
         # A deadlock would otherwise take 40 x TIMEOUT_SECS to show.
         assert await asyncio.wait_for(acknowledged(*infos), 2 * TIMEOUT_SECS)
         assert broker.stats.ingested == 40 and broker.stats.max_in_flight_seen <= 2
