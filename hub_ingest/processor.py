@@ -8,34 +8,36 @@ another batch's. An ack is returned only after every insert returned: an ``ok`` 
 batch is in ClickHouse.
 
 Exactly once in effect: a batch id already in the ``batches`` ledger is answered ``ok`` with
-``duplicate=true`` and nothing is inserted; a batch stored alone whose events were inserted but
-whose ledger row was not (a crash in between) is inserted again with the same deduplication
-token, which ClickHouse drops (for a group, see ``batches_pending`` below), and whatever slips
-past all of it (a re-batched resend) collapses in the ReplacingMergeTree.
+``duplicate=true`` and nothing is inserted. Every commit, of one batch or of a group, writes
+the batches' ledger rows to ``batches_pending`` first, then their events, then their ledger
+rows; nothing is acked before the ledger insert returned, so every acked batch is in the
+ledger, and the ledger is the authority.
 
 Group commit (``commit_many``), when several prepared batches are waiting: one ledger lookup
 for all of them, then the new batches' events in *one* INSERT (one part instead of one per
 batch: measured, a third of the CPU per event in the hub process, most of it ClickHouse merging
-the small parts), then one ledger INSERT with a row per stored batch, then the acks. Nothing is
-acked before the ledger insert returned, so every acked batch is in the ledger, and a batch the
-lookup does not find has no ledger row: the ledger is the authority.
+the small parts), then one ledger INSERT with a row per stored batch, then the acks.
 
-The window between a group's events and its ledger rows is covered by ``batches_pending``: the
-group's ledger rows go there first. A crash in the window leaves them without a ledger row, and
-the next process, before it commits anything, checks which of those batches have events stored
-and writes their ledger rows (``recover``), so their resends are answered as duplicates instead
-of stored again (a differently grouped resend carries another token, which would not drop it).
-A ledger insert that fails after its group's events went in is recovered the same way, before
-this process's next commit.
-A group of one batch is inserted under the batch's own token ``<edge>/<batch>``, as a single
-batch always was. A batch id twice in one group is stored once and the second copy answered as
-a duplicate; whatever slips past all of this collapses in the ReplacingMergeTree.
+A crash between the events and the ledger rows leaves pending rows without ledger rows: the
+next process, before it commits anything, checks which of those batches have events stored
+and writes their ledger rows (``recover``), so their resends, however regrouped, are answered
+as duplicates instead of stored again. A ledger insert that fails after its events went in is
+recovered the same way, before this process's next commit.
+
+Insert deduplication tokens are this process's own (a random prefix per ``BatchProcessor``):
+they make a retried insert within the process a no-op, but never span a crash. ClickHouse logs
+a token before the part it names is committed, so a hub killed in between leaves a token with
+no rows behind it, and the same token from the next process would drop the resend (the kill -9
+test caught a 162-event batch acknowledged and lost that way). A batch id twice in one group is
+stored once and the second copy answered as a duplicate; whatever slips past all of this (a
+re-batched resend) collapses in the ReplacingMergeTree.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -109,6 +111,12 @@ class BatchProcessor:
         self._suspect: set[tuple[str, str]] = set()
         self._recovery_failed = False
         self._recover_again = False
+        # Every insert token carries this process's own prefix. ClickHouse records a token in
+        # its deduplication log before the part it names is committed: a hub killed in between
+        # leaves a token without rows, and the same token from the next process would drop the
+        # resend (seen: a 162-event batch acknowledged, its events nowhere). Within a process,
+        # a retried insert still dedups; across a crash, batches_pending and recover() decide.
+        self._incarnation = secrets.token_hex(8)
         ing = config.ingest
         self._limiter = RateLimiter(ing.rate_limit_events_per_sec, ing.rate_limit_burst_events)
         self._limiter_lock = threading.Lock()
@@ -242,11 +250,12 @@ class BatchProcessor:
                     self._insert_batch(group[0])
                 else:
                     self._insert_group(group)
-                    events_in = True
+                events_in = True
                 self._insert_ledger(group)
             except StorageError as exc:
                 # The resend must find ledger rows for the group, as after a crash (its token
                 # would not drop a differently grouped resend): recover before the next commit.
+                # (events_in is also set when only the pending rows went in: recover() looks.)
                 self._recover_again = events_in
                 for i in stored:
                     acks[i] = self._storage_retry(batches[i].header, exc)
@@ -340,11 +349,17 @@ class BatchProcessor:
         )
         return {(e, b): int(n) for e, b, n in rows if (e, b) in keys}
 
+    def _token(self, key: str) -> str:
+        return f"{self._incarnation}:{key}"
+
     def _insert_batch(self, prepared: PreparedBatch) -> None:
-        """One batch's events and dead letters, each under the batch's own token."""
+        """One batch: its ledger row to ``batches_pending``, then its events and dead letters,
+        each under the batch's own token (this process's)."""
         store = self.store
         header, decoded = prepared.header, prepared.decoded
-        token = f"{header.edge_id}/{header.batch_id}"
+        token = self._token(f"{header.edge_id}/{header.batch_id}")
+        pending = [self._ledger_row(header, decoded, prepared.hub_received_at)]
+        store.insert_arrow("batches_pending", table_from_rows(BATCHES_SCHEMA, pending), token)
         if prepared.events_ipc is not None:
             store.insert_arrow_ipc("events", prepared.events_ipc, EVENTS_SCHEMA.names, token)
         if decoded.dead_letters:
@@ -359,7 +374,7 @@ class BatchProcessor:
         """Several batches: their ledger rows to ``batches_pending``, then their dead letters and
         events, each in one INSERT under the group's token (see the module docstring)."""
         store = self.store
-        token = _group_token(batches)
+        token = self._token(_group_token(batches))
         pending = [self._ledger_row(b.header, b.decoded, b.hub_received_at) for b in batches]
         store.insert_arrow("batches_pending", table_from_rows(BATCHES_SCHEMA, pending), token)
         dead = [
@@ -404,7 +419,7 @@ class BatchProcessor:
             }
             rows = [r for r in pending if (r[0], r[1]) in landed]
             if rows:
-                token = (
+                token = self._token(
                     "recovered:"
                     + hashlib.sha256("\n".join(f"{r[0]}/{r[1]}" for r in rows).encode()).hexdigest()
                 )
@@ -427,7 +442,9 @@ class BatchProcessor:
     def _insert_ledger(self, batches: Sequence[PreparedBatch]) -> None:
         """One ledger row per batch, in one INSERT (one part) for the whole group."""
         rows = [self._ledger_row(b.header, b.decoded, b.hub_received_at) for b in batches]
-        self.store.insert_arrow("batches", table_from_rows(BATCHES_SCHEMA, rows), _group_token(batches))
+        self.store.insert_arrow(
+            "batches", table_from_rows(BATCHES_SCHEMA, rows), self._token(_group_token(batches))
+        )
 
     def _duplicate(self, prepared: PreparedBatch, accepted: int) -> Ack:
         header = prepared.header

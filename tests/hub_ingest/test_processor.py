@@ -14,7 +14,7 @@ import pytest
 from edgekite.config import HubConfig
 from edgekite.hub_metrics import HubMetrics
 from edgekite.hubstore import HubStore, StorageError
-from edgekite.hubstore.arrow import BATCHES_SCHEMA, EVENTS_SCHEMA, table_from_rows
+from edgekite.hubstore.arrow import BATCHES_SCHEMA, table_from_rows
 from edgekite.sync_protocol import sign
 from hub_ingest.processor import BatchProcessor, PreparedBatch
 from tests.hub_ingest.helpers import KEY_A, KEY_B, batch, envelopes, hub_config, metric
@@ -85,18 +85,40 @@ def test_rebatched_resend_is_not_double_counted_in_storage(store: HubStore) -> N
     assert rows[0][0] == 60
 
 
-def test_insert_token_drops_a_batch_whose_ledger_row_was_never_written(store: HubStore) -> None:
-    """A crash between the events insert and the ledger row: the redelivery inserts nothing new."""
-    p = _processor(store)
+def test_a_batch_whose_ledger_row_was_never_written_is_recovered_not_stored_twice(store: HubStore) -> None:
+    """A crash between a batch's events insert and its ledger row: the next process writes the
+    ledger row from batches_pending before it commits, and the redelivery is a duplicate."""
+    dead = _processor(store)
     payload = batch("halfway", "s:1-40", envelopes(40, seed=13))
-    prepared = p.prepare("halfway", payload, None)
+    prepared = dead.prepare("halfway", payload, None)
     assert isinstance(prepared, PreparedBatch)
-    assert prepared.events_ipc is not None
-    store.insert_arrow_ipc("events", prepared.events_ipc, EVENTS_SCHEMA.names, "halfway/s:1-40")  # "crash"
+    dead._insert_batch(prepared)  # pending row and events; then the hub died
+    assert _count(store, "halfway") == 40 and _ledger(store, "halfway") == (0, 0)
+    p = _processor(store)
+    assert p.recover() == 1
     ack = p.process("halfway", payload, None)
-    assert ack.status == "ok" and not ack.duplicate and ack.accepted == 40
+    assert ack.status == "ok" and ack.duplicate and ack.accepted == 40
     assert _count(store, "halfway") == 40  # before any merge
     assert _ledger(store, "halfway") == (40, 1)
+
+
+def test_an_insert_token_left_by_a_dead_hub_does_not_drop_the_resend(store: HubStore) -> None:
+    """ClickHouse logs an insert's deduplication token before the part it names is committed. A
+    hub killed in between leaves the token and no rows (seen in the kill -9 test: a 162-event
+    batch acknowledged, its events nowhere). Here the rows are deleted after a full commit,
+    which leaves the same state: the next process must store the resend."""
+    dead = _processor(store)
+    payload = batch("tokenlost", "s:1-30", envelopes(30, seed=17))
+    assert dead.process("tokenlost", payload, None).accepted == 30
+    for table in ("events", "batches", "batches_pending"):
+        store.command(f"DELETE FROM {store.table(table)} WHERE edge_id = 'tokenlost'")
+    assert _count(store, "tokenlost") == 0 and _ledger(store, "tokenlost") == (0, 0)
+    p = _processor(store)
+    assert p.recover() == 0
+    ack = p.process("tokenlost", payload, None)
+    assert ack.status == "ok" and not ack.duplicate and ack.accepted == 30
+    assert _count(store, "tokenlost") == 30
+    assert _ledger(store, "tokenlost") == (30, 1)
 
 
 def test_forged_batches_are_refused_and_counted(store: HubStore) -> None:
