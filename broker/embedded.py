@@ -145,14 +145,8 @@ class _CommitGate:
         self.stats = stats
         self.max_in_flight = max_in_flight
         self.in_flight = 0
-        self._room: asyncio.Event | None = None  # made on the broker's loop, set while in_flight < max
-
-    def _room_event(self) -> asyncio.Event:
-        if self._room is None:
-            self._room = asyncio.Event()
-            if self.in_flight < self.max_in_flight:
-                self._room.set()
-        return self._room
+        self.room = asyncio.Event()  # set while in_flight < max_in_flight (binds its loop on first wait)
+        self.room.set()
 
     async def wait_for_room(self) -> None:
         """Hold a connection's reads while `max_in_flight` messages wait for their commit.
@@ -161,20 +155,19 @@ class _CommitGate:
         1000, eight of them) became thousands of parked messages at ~10 KB each: 62 -> 139 MB.
         Waiting here, before amqtt reads more, leaves the rest in the sockets (TCP pushes back).
         """
-        room = self._room_event()
-        while not room.is_set():
-            await room.wait()
+        while not self.room.is_set():
+            await self.room.wait()
 
     def enter(self) -> None:
         self.in_flight += 1
         self.stats.max_in_flight_seen = max(self.stats.max_in_flight_seen, self.in_flight)
         if self.in_flight >= self.max_in_flight:
-            self._room_event().clear()
+            self.room.clear()
 
     def leave(self) -> None:
         self.in_flight -= 1
         if self.in_flight < self.max_in_flight:
-            self._room_event().set()
+            self.room.set()
 
     def applies_to(self, topic: str) -> bool:
         """Whether a PUBLISH on `topic` must be committed before amqtt acknowledges it.
@@ -219,7 +212,8 @@ class _BoundedReader(ReaderAdapter):  # type: ignore[misc]  # amqtt ships no typ
         self._client_id = client_id
 
     async def read(self, n: int = -1) -> bytes:
-        await self._gate.wait_for_room()
+        if not self._gate.room.is_set():  # several reads per packet: no coroutine when there is room
+            await self._gate.wait_for_room()
         if n > self._gate.max_message_bytes:
             self._gate.count_oversize(self._client_id, n)
             msg = f"{n}-byte field exceeds max_message_bytes={self._gate.max_message_bytes}"

@@ -206,12 +206,6 @@ class StoreSection(_Section):
         "there paho and the writer take turns on one GIL, a deeper queue only holds more rows "
         "(measured on one CPU: peak 86.9 -> 77.2 MB, the same ~8,400 events/s).",
     )
-
-    def ingest_queue_bytes(self, bridge_in_edge_process: bool) -> int:
-        if self.queue_max_bytes != "auto":
-            return self.queue_max_bytes
-        return 1024**2 if bridge_in_edge_process else 4 * 1024**2
-
     synchronous: Literal["NORMAL", "FULL"] = Field(
         "FULL", description="FULL survives power loss for committed data; NORMAL only process crashes."
     )
@@ -231,6 +225,12 @@ class StoreSection(_Section):
     fingerprint_hours: float = Field(
         24, gt=0, description="How long redelivery fingerprints of id-less messages are kept."
     )
+
+    def ingest_queue_bytes(self, bridge_in_edge_process: bool) -> int:
+        """``queue_max_bytes`` resolved; auto depends on where the MQTT bridge runs."""
+        if self.queue_max_bytes != "auto":
+            return self.queue_max_bytes
+        return 1024**2 if bridge_in_edge_process else 4 * 1024**2
 
 
 class SyncSection(_Section):

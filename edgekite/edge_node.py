@@ -136,11 +136,16 @@ class EdgeNode:
     async def _start_http(self) -> None:
         from edge_api.app import EdgeContext, create_app
 
+        bridge = "child_process" if self.bridge_in_child else "edge_process"
         ctx = EdgeContext(
-            self.config, self.store, self.metrics, self._mqtt_connected, self.started_at, self.sync_status
+            self.config,
+            self.store,
+            self.metrics,
+            self._mqtt_connected,
+            self.started_at,
+            self.sync_status,
+            mqtt_bridge=bridge if self.config.mqtt.url else "embedded_broker",
         )
-        if self.config.mqtt.url:
-            ctx.mqtt_bridge = "child_process" if self.bridge_in_child else "edge_process"
         self._runner, self.http_url = await serve(
             create_app(ctx), self.config.http.host, self.config.http.port
         )

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from edgekite.config import HubConfig
+from edgekite.host import host_cpus
 from edgekite.hub_metrics import HubMetrics
 from edgekite.hubstore import HubStore
 from edgekite.service import serve, wait_for_stop
@@ -56,8 +56,10 @@ class HubNode:
     @staticmethod
     def decode_workers() -> int:
         """Decode worker processes, one per core (at most 4): decoding costs ~2-3x the chDB insert
-        per event, so with one worker on 2 cores the insert side sits idle most of the time."""
-        return max(1, min(4, os.cpu_count() or 2))
+        per event, so with one worker on 2 cores the insert side sits idle most of the time.
+        Cores as ``edgekite.host`` counts them: the affinity mask and the cgroup quota, not the
+        host's."""
+        return max(1, min(4, host_cpus()))
 
     async def __aenter__(self) -> HubNode:
         from edgekite.hubstore.analytics import ensure_analytics
